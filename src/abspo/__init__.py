@@ -1,0 +1,1 @@
+"""abspo: Anchored Bipolicy Self-Play."""
