@@ -1,0 +1,98 @@
+"""The RL math, as pure tensor functions (no models, no state): advantages, KL estimators, policy loss.
+
+Shapes: ``B`` sequences, ``T`` completion tokens (right-padded); ``mask`` is 1 on real completion tokens.
+
+REINFORCE++ (the default, as in Self-RedTeam): every token gets the per-token KL penalty
+``-kl_coef * (log pi - log pi_anchor)`` (the k1 estimator) and the last real token also gets the
+sequence reward; the advantage of a token is the sum of rewards from it to the end (no discount, no
+critic), then whitened over all tokens of the role's batch. No value network: the batch statistics are
+the baseline.
+
+GRPO: k samples per prompt; the advantage of a sample is its reward standardised within its group,
+broadcast to all its tokens. A group whose rewards are all equal gives zero advantage (no NaN: the
+standard deviation is guarded).
+
+KL "in the loss" uses the k3 estimator ``exp(r) - r - 1`` with ``r = log pi_anchor - log pi``, which is
+non-negative and unbiased for KL(pi || pi_anchor).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over masked entries; masked-out entries become 0. Constant input gives 0, not NaN."""
+    mask = mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k1 estimate of KL(pi || ref): log pi - log ref (unbiased, can be negative per token)."""
+    return logp - ref_logp
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate: exp(ref - logp) - (ref - logp) - 1 (non-negative, low variance)."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def reinforce_pp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Un-normalised REINFORCE++ returns [B, T]: reward-to-go of (-kl_coef * kl per token + reward at the end)."""
+    mask = mask.to(kl.dtype)
+    token_rewards = -kl_coef * kl * mask
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    token_rewards = token_rewards + last.to(kl.dtype) * rewards.to(kl.dtype).unsqueeze(-1)
+    returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
+    return returns * mask
+
+
+def reinforce_pp_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """REINFORCE++ advantages [B, T]: returns whitened over every token of the batch."""
+    return masked_whiten(reinforce_pp_returns(rewards, kl, mask, kl_coef), mask)
+
+
+def normalize_rewards(rewards: Tensor, eps: float = 1e-8) -> Tensor:
+    """Batch reward normalisation (zero mean, unit std); all-equal rewards give zeros."""
+    centered = rewards - rewards.mean()
+    return centered * torch.rsqrt(centered.pow(2).mean() + eps)
+
+
+def grpo_advantages(rewards: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-sample advantages [B]: reward standardised within its group (samples of the same prompt)."""
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    rewards = rewards.to(torch.float32)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    means = sums / counts
+    sq = torch.zeros_like(sums).index_add_(0, inverse, (rewards - means[inverse]) ** 2)
+    # Unbiased std as in GRPO; a group of one has no spread and gets advantage 0.
+    std = torch.sqrt(sq / (counts - 1).clamp(min=1))
+    return (rewards - means[inverse]) / (std[inverse] + eps)
+
+
+def policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-level policy-gradient loss, mean over all real tokens of the batch.
+
+    ``ratio = pi / pi_old``; with ``clip_eps`` the PPO clipped objective. Returns (loss, clip fraction).
+    With one update epoch ``old_logp = logp.detach()``, the ratio is 1 and this is plain REINFORCE.
+    """
+    ratio = torch.exp(logp - old_logp)
+    loss = -advantages * ratio
+    if clip_eps is None:
+        return masked_mean(loss, mask), torch.zeros((), device=logp.device)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clip_frac = masked_mean((clipped > loss).to(logp.dtype), mask)
+    return masked_mean(torch.maximum(loss, clipped), mask), clip_frac

@@ -1,0 +1,208 @@
+"""AdapterBank: one LoRA adapter per role on one frozen base.
+
+Roles (``attacker``, ``defender``) map to named LoRA adapters. In ABS every role has its own adapter, so
+the two policies never share trainable parameters; mapping several roles to one adapter gives the
+parameter-shared self-play baseline with the same code.
+
+Why not PEFT's ``set_adapter`` / ``disable_adapter``? Both flip ``requires_grad`` on adapter weights as a
+side effect (PEFT issues 1377, 2436; TRL issue 3031): an optimizer built by filtering ``requires_grad``
+then silently holds nothing, and a role switch in the middle of a step freezes the other role. The bank
+pins ``requires_grad=True`` on every adapter weight once, selects a role's parameters *by name*, and
+switches roles by setting the active adapter on each LoRA layer directly, which only changes routing.
+
+``anchor()`` routes around every adapter: the frozen base, the KL anchor. (That is the right anchor only
+while adapters start at zero, i.e. LoRA B = 0, which is how they are created here.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
+from torch import nn
+
+from abspo.errors import ConfigError
+
+ROLES = ("attacker", "defender")
+
+
+@dataclass
+class LoraSpec:
+    """One LoRA adapter."""
+
+    r: int = 16
+    """Rank."""
+    alpha: float = 16.0
+    """Scaling numerator: the update is (alpha / r) * B @ A. alpha = r, as in the dual-LoRA reproduction."""
+    dropout: float = 0.0
+    """Dropout on the adapter input. 0 keeps log-probs deterministic between rollout and update."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or 'all-linear' (every linear layer but the output head, as in the paper)."""
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class BankSpec:
+    """Adapters and which role uses which."""
+
+    adapters: dict[str, LoraSpec] = field(default_factory=lambda: {"attacker": LoraSpec(), "defender": LoraSpec()})
+    """Adapter name -> LoRA spec."""
+    roles: dict[str, str] = field(default_factory=lambda: {"attacker": "attacker", "defender": "defender"})
+    """Role -> adapter name. Map both roles to one adapter for the parameter-shared baseline."""
+
+    def validate(self) -> None:
+        for role, adapter in self.roles.items():
+            if role not in ROLES:
+                raise ConfigError(f"model.bank.roles.{role}", f"unknown role {role!r}", f"roles are {list(ROLES)}")
+            if adapter not in self.adapters:
+                raise ConfigError(f"model.bank.roles.{role}", f"adapter {adapter!r} is not declared",
+                                  f"declare it under model.bank.adapters (declared: {sorted(self.adapters)})")
+        for role in ROLES:
+            if role not in self.roles:
+                raise ConfigError("model.bank.roles", f"role {role!r} has no adapter",
+                                  f"add `{role}: <adapter name>` (adapters: {sorted(self.adapters)})")
+        unused = set(self.adapters) - set(self.roles.values())
+        if unused:
+            raise ConfigError("model.bank.adapters", f"adapter(s) {sorted(unused)} are used by no role",
+                              "remove them or map a role to them under model.bank.roles")
+
+    def signature(self) -> dict:
+        """What a checkpoint must match to be resumable into this bank."""
+        return {"roles": dict(self.roles), "adapters": {k: asdict(v) for k, v in self.adapters.items()}}
+
+
+class AdapterBank(nn.Module):
+    """LoRA adapters for every role on one frozen base, with role switching that never touches grads."""
+
+    def __init__(self, base: nn.Module, spec: BankSpec):
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        names = list(spec.adapters)
+        self._check_targets(base, spec)
+        model = get_peft_model(base, spec.adapters[names[0]].peft_config(), adapter_name=names[0])
+        for name in names[1:]:
+            model.add_adapter(name, spec.adapters[name].peft_config())
+        self.model: PeftModel = model
+        self._layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        # Pin grads once: every adapter weight trains, every base weight is frozen. Nothing below flips them.
+        for pname, param in model.named_parameters():
+            param.requires_grad_(self._adapter_of(pname) is not None)
+        self._route(names[0], enabled=True)
+
+    # -- parameters -------------------------------------------------------------------------------
+    @staticmethod
+    def _adapter_of(param_name: str) -> str | None:
+        parts = param_name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part.startswith("lora_"):
+                return parts[i + 1]
+        return None
+
+    def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
+        """The trainable parameters of one adapter, selected by name (never by requires_grad)."""
+        if adapter not in self.spec.adapters:
+            raise KeyError(adapter)
+        return [p for n, p in self.model.named_parameters() if self._adapter_of(n) == adapter]
+
+    def role_parameters(self, role: str) -> list[nn.Parameter]:
+        return self.adapter_parameters(self.adapter_for(role))
+
+    def adapter_for(self, role: str) -> str:
+        return self.spec.roles[role]
+
+    def base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.model.named_parameters() if self._adapter_of(n) is None)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """All adapter tensors, keyed as in the module's state dict: the whole trainable state."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if self._adapter_of(n) is not None}
+
+    # -- routing ----------------------------------------------------------------------------------
+    def _route(self, adapter: str, enabled: bool) -> None:
+        for layer in self._layers:
+            layer._active_adapter = [adapter]
+            layer._disable_adapters = not enabled
+        self._active = (adapter, enabled)
+
+    @contextmanager
+    def role(self, role: str) -> Iterator[PeftModel]:
+        """Run the model as ``role``; restores the previous routing on exit."""
+        if role not in self.spec.roles:
+            raise KeyError(f"unknown role {role!r}; roles are {sorted(self.spec.roles)}")
+        previous = self._active
+        self._route(self.adapter_for(role), enabled=True)
+        try:
+            yield self.model
+        finally:
+            self._route(*previous)
+
+    @contextmanager
+    def anchor(self) -> Iterator[PeftModel]:
+        """Run the frozen base with every adapter switched off: the KL anchor."""
+        previous = self._active
+        self._route(previous[0], enabled=False)
+        try:
+            yield self.model
+        finally:
+            self._route(*previous)
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, role: str, folder: str | Path) -> Path:
+        """Write ``role``'s adapter as a standard PEFT folder.
+
+        ``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
+        ``PeftModel.from_pretrained(base, folder)``. Written to a temporary sibling and renamed into place,
+        so a crash mid-write never corrupts an adapter exported earlier.
+        """
+        adapter = self.adapter_for(role)
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.model, adapter_name=adapter)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        config = self.model.peft_config[adapter]
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            save_file(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+            config.save_pretrained(tmp)
+            (tmp / "abspo_role.json").write_text(json.dumps({"role": role, "adapter": adapter}) + "\n")
+            old = folder.with_name(f".{folder.name}.old")
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+            if old.exists():
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _check_targets(self, base: nn.Module, spec: BankSpec) -> None:
+        module_names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+        for adapter, lora in spec.adapters.items():
+            if isinstance(lora.target_modules, str):
+                continue  # 'all-linear' or a regex: PEFT resolves it
+            missing = [t for t in lora.target_modules if t not in module_names]
+            if missing:
+                linear = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, nn.Linear)})
+                raise ConfigError(f"model.bank.adapters.{adapter}.target_modules",
+                                  f"the base model has no module named {missing}",
+                                  f"use names from {linear}, or 'all-linear'")

@@ -1,0 +1,41 @@
+"""Export each role's adapter as a standard PEFT folder, every N optimizer steps and at the end.
+
+The folders (``<run dir>/adapters/<role>/``) load with ``PeftModel.from_pretrained(base, folder)`` and
+are what you ship or serve (e.g. as a vLLM LoRA). They are written atomically: an export interrupted
+half-way leaves the previous export intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+
+class AdapterExport(L.Callback):
+    def __init__(self, every_n_steps: int = 0, dirpath: str | None = None):
+        """
+        Args:
+            every_n_steps: Export every N optimizer steps (trainer.global_step); 0 exports only at the end.
+            dirpath: Output folder; default ``<trainer.default_root_dir>/adapters``.
+        """
+        self.every_n_steps = every_n_steps
+        self.dirpath = dirpath
+        self._last_step = -1
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "adapters"
+
+    def export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._last_step == trainer.global_step or not trainer.is_global_zero:
+            return
+        for role in module.bank.spec.roles:
+            module.bank.export(role, self.folder(trainer) / role)
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step // self.every_n_steps > self._last_step // self.every_n_steps:
+            self.export(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.export(trainer, module)

@@ -1,0 +1,131 @@
+"""``abspo fit|validate|test``: the LightningCLI entry point.
+
+Every run lives in one stable folder, ``<run.output_root>/<run.name>/`` (the name defaults to the config
+file's stem), so that re-running the same command with ``--ckpt_path last`` resumes it:
+
+* ``checkpoints/last.ckpt`` (+ periodic ones): adapters, optimizer/scheduler states, loop and data position
+* ``tb/``: TensorBoard logs (``tensorboard --logdir checkpoints``)
+* ``adapters/<role>/``: each role as a PEFT folder
+* ``config.yaml``: the full resolved config
+
+User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from abspo.callbacks.export import AdapterExport
+from abspo.data import SeedDataModule
+from abspo.errors import ConfigError
+from abspo.module import SelfPlayModule
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, and how often."""
+
+    name: str | None = None
+    """Run name; default: the config file's name without extension (or 'abspo')."""
+    output_root: str = "checkpoints"
+    """Folder that holds one sub-folder per run."""
+    checkpoint_every_n_steps: int = 20
+    """Write checkpoints/last.ckpt every N optimizer steps (and at the end)."""
+    export_every_n_steps: int = 0
+    """Export adapters/<role>/ every N optimizer steps (0: only at the end)."""
+    overwrite: bool = False
+    """Start a new run in a folder that already holds a checkpoint, replacing it. Off: such a run stops with an
+    error, so an earlier run is never overwritten by accident."""
+
+
+class AbspoCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(RunConfig, "run")
+
+    def run_dir(self) -> Path:
+        cfg = self._get(self.config, "run")
+        name = cfg.name
+        if not name:
+            configs = self._get(self.config, "config") or []
+            name = Path(str(configs[-1])).stem if configs else "abspo"
+        return Path(cfg.output_root) / name
+
+    def _instantiate_trainer(self, config, callbacks):
+        run = self._get(self.config, "run")
+        run_dir = self.run_dir()
+        config["default_root_dir"] = str(run_dir)
+        if config.get("logger") in (None, True):
+            config["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+        user_callbacks = list(config.get("callbacks") or [])
+        checkpoints = [c for c in user_callbacks + callbacks if isinstance(c, ModelCheckpoint)]
+        for c in checkpoints:
+            if c.dirpath is None:
+                c.dirpath = str(run_dir / "checkpoints")
+        if not checkpoints:
+            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                             every_n_train_steps=run.checkpoint_every_n_steps))
+        if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
+            callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        """Check a resume checkpoint before anything is written, so a wrong resume changes nothing on disk."""
+        ckpt = self._get(self.config, "ckpt_path")
+        if ckpt is None:
+            existing = self.run_dir() / "checkpoints" / "last.ckpt"
+            if existing.exists() and not self._get(self.config, "run").overwrite:
+                raise ConfigError("run.name", f"run folder {self.run_dir()} already holds a checkpoint",
+                                  "resume it with --ckpt_path last, pick another --run.name, "
+                                  "or pass --run.overwrite true to replace it")
+            return
+        if str(ckpt) == "last":
+            path = self.run_dir() / "checkpoints" / "last.ckpt"
+            if not path.is_file():
+                raise ConfigError("--ckpt_path", f"there is no checkpoint to resume at {path}",
+                                  "check run.name / run.output_root (the run folder is <output_root>/<name>), "
+                                  "or drop --ckpt_path to start a new run")
+        else:
+            path = Path(str(ckpt))
+            if not path.is_file():
+                raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
+                                  "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem here
+            raise ConfigError("--ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})",
+                              "point it at a checkpoint written by abspo") from None
+        self.model.check_checkpoint(checkpoint)
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return AbspoCLI(
+        SelfPlayModule,
+        SeedDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        trainer_defaults={"max_steps": 10, "enable_model_summary": False},
+        parser_kwargs={"default_env": False, "prog": "abspo"},
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        cli_main(args)
+    except ConfigError as err:
+        print(f"abspo: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

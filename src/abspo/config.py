@@ -1,0 +1,123 @@
+"""Typed configs of the training step (algorithm, role schedule, optimizers).
+
+Each field's docstring is its ``--help`` text in ``abspo fit --help``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from abspo.errors import ConfigError
+
+
+@dataclass
+class AlgorithmConfig:
+    """Policy-gradient update of each role."""
+
+    estimator: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
+    """reinforce_pp: REINFORCE++ (batch-whitened reward-to-go, as in Self-RedTeam); grpo: group-standardised
+    rewards over group_size games per seed."""
+    group_size: int = 1
+    """GRPO: games played per seed (the attacker's group is its seed's rewrites). Must be >= 2 for grpo."""
+    normalize_rewards: bool = True
+    """REINFORCE++: standardise each role's sequence rewards over the batch before adding the KL penalty."""
+    kl_coef: float = 0.01
+    """Weight of the KL penalty to the anchor (the frozen base)."""
+    kl_mode: Literal["reward_k1", "loss_k3"] = "reward_k1"
+    """reward_k1: per-token k1 penalty inside the reward (Self-RedTeam); loss_k3: k3 estimator added to the loss."""
+    update_epochs: int = 1
+    """Passes over each batch of games. With more than one, the PPO ratio clip (clip_eps) applies."""
+    clip_eps: float = 0.2
+    """PPO ratio clip range, used when update_epochs > 1."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass; gradients of a batch are accumulated over its micro-batches."""
+    accumulate_batches: int = 1
+    """Batches of games whose gradients are summed before each optimizer step of a role."""
+    max_grad_norm: float | None = 1.0
+    """Clip each role's gradient to this global L2 norm (None: no clipping)."""
+
+    def validate(self) -> None:
+        if self.estimator == "grpo" and self.group_size < 2:
+            raise ConfigError("model.algorithm.group_size", f"grpo needs at least 2 games per seed, got {self.group_size}",
+                              "set group_size: 4 (or use estimator: reinforce_pp)")
+        for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.algorithm.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
+
+
+@dataclass
+class ScheduleConfig:
+    """Which role learns on which batch."""
+
+    mode: Literal["alternate", "phases"] = "alternate"
+    """alternate: every batch, update the attacker, then the defender. phases: phase_steps batches updating only
+    the attacker against a frozen defender, then phase_steps batches the other way round, and so on."""
+    phase_steps: int = 100
+    """Batches per phase in phases mode."""
+    first: Literal["attacker", "defender"] = "attacker"
+    """Role updated first (first in each batch, or in the first phase)."""
+
+    def roles_to_update(self, batch_index: int) -> list[str]:
+        order = [self.first, "defender" if self.first == "attacker" else "attacker"]
+        if self.mode == "alternate":
+            return order
+        return [order[(batch_index // self.phase_steps) % 2]]
+
+
+@dataclass
+class OptimizerConfig:
+    """One role's optimizer and learning-rate schedule."""
+
+    name: str = "AdamW"
+    """A class in torch.optim."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    """Linear warm-up over this many optimizer steps of this role."""
+    decay: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate decay after warm-up, to 0 at decay_steps."""
+    decay_steps: int | None = None
+    """Optimizer steps of this role at which the decay reaches 0 (required for linear/cosine)."""
+
+    def build(self, params, key: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        cls = getattr(torch.optim, self.name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise ConfigError(f"{key}.name", f"{self.name!r} is not an optimizer in torch.optim", "use e.g. AdamW, Adam or SGD")
+        kwargs = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if "betas" in cls.__init__.__code__.co_varnames:
+            kwargs["betas"] = tuple(self.betas)
+        optimizer = cls(params, **kwargs)
+        if self.decay != "constant" and not self.decay_steps:
+            raise ConfigError(f"{key}.decay_steps", f"decay {self.decay!r} needs decay_steps", "set decay_steps or decay: constant")
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay == "constant":
+            return 1.0
+        span = max(1, self.decay_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return 1.0 - progress if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def default_optimizers() -> dict[str, OptimizerConfig]:
+    # LoRA wants ~10x the full fine-tuning rate; the defender learns faster than the attacker, as in the
+    # dual-LoRA reproduction (1e-5 / 4e-5 at 3B scale).
+    return {"attacker": OptimizerConfig(lr=1e-4), "defender": OptimizerConfig(lr=2e-4)}
+
+
+@dataclass
+class LoggingConfig:
+    """What the trainer writes besides scalars."""
+
+    samples_every_n_steps: int = 10
+    """Write a text table of sample games to TensorBoard every N batches (0: never)."""
+    samples_per_table: int = 4
+    """Games shown in each table."""
+    extra: dict = field(default_factory=dict)

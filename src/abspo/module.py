@@ -1,0 +1,425 @@
+"""SelfPlayModule: one batch of red-team games, then one policy-gradient update per role.
+
+The step, in order:
+
+1. **Play.** Each seed goes to the attacker (LoRA ``attacker`` active) or, for the unrevised share, straight
+   to the defender. The defender (LoRA ``defender`` active) answers. Sampling is on-policy (temperature 1,
+   no top-k by default) because the update is a policy gradient.
+2. **Judge.** The judge labels every exchange; rewards come from the reward table. Exchanges with an
+   unlabelled field are dropped from the update and counted.
+3. **Update.** For each role due this batch (see :class:`~abspo.config.ScheduleConfig`): log-probs of its
+   completions under the role and under the anchor (adapters off), advantages (REINFORCE++ or GRPO) with
+   the KL penalty, the token-level policy loss, ``manual_backward`` over micro-batches, clipping, and that
+   role's own optimizer step. Roles mapped to one adapter (the shared baseline) are updated together.
+
+``trainer.max_steps`` counts optimizer steps, as Lightning does under manual optimization: in
+``alternate`` mode each batch makes one step per adapter (two for ABS), in ``phases`` mode one. So
+``max_steps: 40`` in alternate mode is 20 batches of games. (With ``accumulate_batches`` k, a role steps
+every k batches.)
+
+Checkpoints hold the adapters, optimizer and scheduler states and loop state, never the frozen base: the
+base is re-loaded from ``model.base`` on resume, and the checkpoint records which base and adapter shapes
+it belongs to so a mismatched resume fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+import lightning as L
+import torch
+
+from abspo import algorithms as alg
+from abspo.bank import ROLES, AdapterBank, BankSpec
+from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
+from abspo.data import Seed, SeedBatch
+from abspo.errors import ConfigError
+from abspo.game import Exchange, GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
+from abspo.judges.base import Judge
+from abspo.models import BaseModel, load_base, meta_model
+from abspo.rewards import resolve_table, score_exchanges
+from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+
+CHECKPOINT_FORMAT = 1
+
+
+class SelfPlayModule(L.LightningModule):
+    """Anchored Bipolicy Self-Play: attacker and defender LoRA adapters on one frozen base."""
+
+    def __init__(
+        self,
+        base: BaseModel | None = None,
+        bank: BankSpec | None = None,
+        optimizers: dict[str, OptimizerConfig] | None = None,
+        game: GameConfig | None = None,
+        judge: Judge | None = None,
+        reward_table: str | dict[str, dict[str, float]] = "general_sum",
+        algorithm: AlgorithmConfig | None = None,
+        schedule: ScheduleConfig | None = None,
+        logging: LoggingConfig | None = None,
+        meta_device: bool = False,
+    ):
+        """
+        Args:
+            base: The frozen base model.
+            bank: LoRA adapters and the role -> adapter mapping.
+            optimizers: Adapter name -> optimizer. With the default bank, adapters are named after roles.
+            game: Templates, revision share, generation lengths.
+            judge: Labels each exchange (class path + init_args). Default: abspo.judges.HeuristicJudge().
+            reward_table: general_sum (Self-RedTeam), zero_sum, or a custom role -> {outcome: weight} table.
+            algorithm: Advantage estimator, KL anchor, loss, accumulation and clipping.
+            schedule: Which role updates on which batch (alternate or phases).
+            logging: Sample tables.
+            meta_device: Build the base on the meta device with no weights (parameter accounting and config
+                checks of paper-scale models on small machines; cannot train).
+        """
+        super().__init__()
+        self.automatic_optimization = False
+        self.base_cfg = base or BaseModel()
+        self.bank_spec = bank or BankSpec()
+        self.optim_cfg = optimizers if optimizers is not None else default_optimizers()
+        self.game = game or GameConfig()
+        self.algorithm = algorithm or AlgorithmConfig()
+        self.schedule = schedule or ScheduleConfig()
+        self.logging_cfg = logging or LoggingConfig()
+        self.reward_table = resolve_table(reward_table)
+        self.algorithm.validate()
+        self.bank_spec.validate()
+        for adapter in self.optim_cfg:
+            if adapter not in self.bank_spec.adapters:
+                raise ConfigError(f"model.optimizers.{adapter}", f"no adapter named {adapter!r}",
+                                  f"optimizers are keyed by adapter name: {sorted(self.bank_spec.adapters)}")
+        for adapter in self.bank_spec.adapters:
+            if adapter not in self.optim_cfg:
+                raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
+                                  f"add `{adapter}: {{lr: 1e-4}}` under model.optimizers")
+        for template, key in ((self.game.attacker_harmful_template, "attacker_harmful_template"),
+                              (self.game.attacker_benign_template, "attacker_benign_template")):
+            if "{seed}" not in template:
+                raise ConfigError(f"model.game.{key}", "the template has no {seed} placeholder",
+                                  "put {seed} where the seed request should appear")
+        if meta_device:
+            base_model, self.tokenizer = meta_model(self.base_cfg.name_or_path), None
+        else:
+            base_model, self.tokenizer = load_base(self.base_cfg)
+        self.bank = AdapterBank(base_model, self.bank_spec)
+        self.adapters = list(self.bank_spec.adapters)
+        self._judge = judge
+        self.strict_loading = False  # checkpoints hold adapters only; on_load_checkpoint checks they are all there
+        self._updates = defaultdict(int)  # adapter -> backward passes since its last optimizer step
+
+    # -- setup ------------------------------------------------------------------------------------
+    @property
+    def judge(self) -> Judge:
+        if self._judge is None:
+            from abspo.judges import HeuristicJudge
+
+            self._judge = HeuristicJudge()
+        return self._judge
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # seeds are text; tensors are built on the right device during the step
+
+    def configure_optimizers(self):
+        optimizers, schedulers = [], []
+        for adapter in self.adapters:
+            opt, sched = self.optim_cfg[adapter].build(self.bank.adapter_parameters(adapter), f"model.optimizers.{adapter}")
+            optimizers.append(opt)
+            schedulers.append(sched)
+        return optimizers, schedulers
+
+    def trainable_parameter_count(self) -> dict[str, int]:
+        counts = {a: sum(p.numel() for p in self.bank.adapter_parameters(a)) for a in self.adapters}
+        counts["base"] = sum(p.numel() for _, p in self.bank.base_parameters())
+        return counts
+
+    # -- the game ---------------------------------------------------------------------------------
+    def play(self, seeds: list[Seed]) -> list[Exchange]:
+        """Play one game per seed (``group_size`` games per seed for GRPO). Returns the filled exchanges."""
+        k = self.algorithm.group_size
+        games = [s for s in seeds for _ in range(k)]
+        n_unrevised = round(len(seeds) * self.game.unrevised_fraction)
+        # The first n_unrevised seeds of the (already shuffled) batch skip the attacker; a seed's GRPO group
+        # shares one fate so that its games are comparable.
+        exchanges = [Exchange(seed=s.prompt, seed_harmful=s.harmful, revised=(i // k) >= n_unrevised, group=i // k)
+                     for i, s in enumerate(games)]
+        sync = self._synced_generation()
+        self.bank.model.eval()
+        revised = [e for e in exchanges if e.revised]
+        if revised:
+            prompts = [chat_prompt(self.tokenizer, attacker_instruction(self.game, e.seed, e.seed_harmful),
+                                   prefill=self.game.attacker_prefill) for e in revised]
+            with self.bank.role("attacker") as model:
+                gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_attacker,
+                               self.game.temperature, self.game.top_p, sync)
+            self._generated_tokens += sum(len(c) for c in gen.completion_ids)
+            for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
+                e.attacker_output = self.game.attacker_prefill + text
+                parsed = parse_reasoning_turn(e.attacker_output, fallback=e.seed)
+                e.attacker_well_formed = parsed.well_formed
+                e.prompt = parsed.text
+                e.turns["attacker"] = (p_ids, c_ids)
+        for e in exchanges:
+            if not e.revised:
+                e.prompt = e.seed
+        prompts = [chat_prompt(self.tokenizer, defender_message(self.game, e.prompt), self.game.defender_system_prompt)
+                   for e in exchanges]
+        with self.bank.role("defender") as model:
+            gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
+                           self.game.temperature, self.game.top_p, sync)
+        self._generated_tokens += sum(len(c) for c in gen.completion_ids)
+        for e, p_ids, c_ids, text in zip(exchanges, gen.prompt_ids, gen.completion_ids, gen.texts):
+            e.defender_output = text
+            if self.game.defender_reasoning:
+                parsed = parse_reasoning_turn(text)
+                e.response, e.defender_well_formed = parsed.text, parsed.well_formed
+            else:
+                e.response = text.strip()
+            e.turns["defender"] = (p_ids, c_ids)
+        verdicts = self.judge.score([e.prompt for e in exchanges], [e.response for e in exchanges],
+                                    [e.seed_harmful for e in exchanges])
+        for e, v in zip(exchanges, verdicts):
+            e.verdict = v
+        score_exchanges(exchanges, self.reward_table)
+        return exchanges
+
+    def _synced_generation(self) -> bool:
+        if self._trainer is None:
+            return False
+        name = type(self.trainer.strategy).__name__
+        return "FSDP" in name or "ModelParallel" in name
+
+    # -- the update -------------------------------------------------------------------------------
+    def training_step(self, batch: SeedBatch, batch_idx: int):
+        start = time.perf_counter()
+        self._generated_tokens = 0
+        exchanges = self.play(batch.seeds)
+        gen_time = time.perf_counter() - start
+        metrics = game_metrics(exchanges)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        due_roles = self.schedule.roles_to_update(batch.index)
+        for adapter, opt, sched in zip(self.adapters, optimizers, schedulers):
+            roles = [r for r in due_roles if self.bank.adapter_for(r) == adapter]
+            if not roles:
+                continue
+            stats = self.update_adapter(adapter, roles, exchanges, opt, sched)
+            for key, value in stats.items():
+                metrics[f"{'/'.join(roles) if len(roles) > 1 else roles[0]}/{key}"] = value
+        for role in ROLES:
+            rewards = [e.rewards[role] for e in exchanges if role in e.rewards]
+            if rewards:
+                metrics[f"{role}/reward"] = sum(rewards) / len(rewards)
+        elapsed = time.perf_counter() - start
+        metrics["perf/gen_tokens_per_s"] = self._generated_tokens / max(gen_time, 1e-9)
+        metrics["perf/step_s"] = elapsed
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, batch_size=len(exchanges))
+        for role in ROLES:
+            if f"{role}/reward" in metrics:
+                self.log(f"r_{role[:3]}", float(metrics[f"{role}/reward"]), prog_bar=True, logger=False,
+                         batch_size=len(exchanges))
+        self._maybe_log_samples(exchanges, batch.index)
+        self.last_exchanges = exchanges
+        if self._trainer is not None and hasattr(self.trainer.datamodule, "batches_served"):
+            self.trainer.datamodule.batches_served = batch.index + 1
+
+    def role_samples(self, role: str, exchanges: list[Exchange]) -> list[tuple[list[int], list[int], float, int]]:
+        """(prompt ids, completion ids, reward, group) for every scored turn the role played."""
+        return [(*e.turns[role], e.rewards[role], e.group)
+                for e in exchanges if role in e.rewards and role in e.turns]
+
+    def update_adapter(self, adapter: str, roles: list[str], exchanges: list[Exchange], opt, sched) -> dict[str, float]:
+        """One policy-gradient update of ``adapter`` from the games of ``roles``; returns logging stats."""
+        cfg = self.algorithm
+        samples, advantages, refs, olds = [], [], [], []
+        stats: dict[str, float] = {}
+        for role in roles:
+            role_samples = self.role_samples(role, exchanges)
+            if not role_samples:
+                continue
+            old, ref, mask = self._reference_logprobs(role, role_samples)
+            rewards = torch.tensor([s[2] for s in role_samples], dtype=torch.float32)
+            kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" else torch.zeros_like(old)
+            if cfg.estimator == "grpo":
+                seq_rewards = rewards - cfg.kl_coef * (kl * mask).sum(-1)
+                groups = torch.tensor([s[3] for s in role_samples])
+                adv = alg.grpo_advantages(seq_rewards, groups).unsqueeze(-1) * mask
+            else:
+                seq = alg.normalize_rewards(rewards) if cfg.normalize_rewards else rewards
+                adv = alg.reinforce_pp_advantages(seq, kl, mask, cfg.kl_coef)
+            samples += role_samples
+            advantages += list(adv)
+            refs += list(ref)
+            olds += list(old)
+            stats["kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask))
+        if not samples:
+            return {"skipped": 1.0}
+        total_tokens = sum(len(s[1]) for s in samples)
+        mb = cfg.micro_batch_size
+        loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
+        scale = 1.0 / cfg.accumulate_batches
+        self.bank.model.train()
+        with self.bank.role(roles[0]):  # every role in `roles` routes to `adapter`
+            for _ in range(cfg.update_epochs):
+                for lo in range(0, len(samples), mb):
+                    chunk = samples[lo:lo + mb]
+                    batch = build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk],
+                                                self._pad_id(), self.device)
+                    t = batch.completion_ids.shape[1]
+                    adv = _stack(advantages[lo:lo + mb], t).to(self.device)
+                    old = _stack(olds[lo:lo + mb], t).to(self.device)
+                    ref = _stack(refs[lo:lo + mb], t).to(self.device)
+                    logp, entropy = completion_logprobs(self.bank.model, batch, with_entropy=True)
+                    mask = batch.completion_mask
+                    old_logp = logp.detach() if cfg.update_epochs == 1 else old
+                    loss, clip_frac = alg.policy_loss(logp, old_logp, adv, mask,
+                                                      cfg.clip_eps if cfg.update_epochs > 1 else None)
+                    if cfg.kl_mode == "loss_k3":
+                        loss = loss + cfg.kl_coef * alg.masked_mean(alg.kl_k3(logp, ref), mask)
+                    weight = mask.sum().item() / total_tokens / cfg.update_epochs
+                    self.manual_backward(loss * weight * scale)
+                    loss_sum += loss.item() * weight
+                    clip_sum += clip_frac.item() * weight
+                    entropy_sum += alg.masked_mean(entropy, mask).item() * weight
+        self.bank.model.eval()
+        self._updates[adapter] += 1
+        stats.update(loss=loss_sum, entropy=entropy_sum, clip_frac=clip_sum, samples=float(len(samples)),
+                     lr=sched.get_last_lr()[0])
+        if self._updates[adapter] % cfg.accumulate_batches == 0:
+            params = self.bank.adapter_parameters(adapter)
+            grads = [p.grad for p in params if p.grad is not None]
+            stats["grad_norm"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+            if cfg.max_grad_norm is not None:
+                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        return stats
+
+    @torch.no_grad()
+    def _reference_logprobs(self, role: str, samples):
+        """Log-probs of the sampled completions under the role (before its update) and under the anchor."""
+        olds, refs, masks = [], [], []
+        t = max(1, max(len(s[1]) for s in samples))
+        for lo in range(0, len(samples), self.algorithm.micro_batch_size):
+            chunk = samples[lo:lo + self.algorithm.micro_batch_size]
+            batch = build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
+            with self.bank.role(role) as model:
+                old, _ = completion_logprobs(model, batch)
+            with self.bank.anchor() as model:
+                ref, _ = completion_logprobs(model, batch)
+            olds.append(_pad_to(old, t))
+            refs.append(_pad_to(ref, t))
+            masks.append(_pad_to(batch.completion_mask, t))
+        return torch.cat(olds).cpu(), torch.cat(refs).cpu(), torch.cat(masks).cpu().float()
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+
+    # -- logging ----------------------------------------------------------------------------------
+    def _maybe_log_samples(self, exchanges: list[Exchange], index: int) -> None:
+        every = self.logging_cfg.samples_every_n_steps
+        logger = self.logger
+        if not every or index % every or logger is None or not hasattr(logger.experiment, "add_text"):
+            return
+        logger.experiment.add_text("games", samples_markdown(exchanges[: self.logging_cfg.samples_per_table]),
+                                   global_step=self.global_step)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_signature(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "bank": self.bank_spec.signature()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        adapter_keys = {k for k in checkpoint["state_dict"] if AdapterBank._adapter_of(k) is not None}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in adapter_keys}
+        checkpoint["abspo"] = self.checkpoint_signature()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
+
+    def check_checkpoint(self, checkpoint: dict, key: str = "--ckpt_path") -> None:
+        """Raise a ConfigError unless ``checkpoint`` was written by a run with this base and these adapters."""
+        saved = checkpoint.get("abspo")
+        if saved is None:
+            raise ConfigError(key, "the checkpoint was not written by abspo (it has no 'abspo' section)",
+                              "resume from a checkpoint of an abspo run")
+        mine = self.checkpoint_signature()
+        if saved["base"] != mine["base"]:
+            raise ConfigError(key, f"the checkpoint was trained on base model {saved['base']!r}, this run uses "
+                              f"{mine['base']!r}", "set model.base.name_or_path to the checkpoint's base, or start a new run")
+        diffs = _diff(saved["bank"], mine["bank"], "model.bank")
+        if diffs:
+            raise ConfigError(key, "the checkpoint's adapters differ from this run's: " + "; ".join(diffs),
+                              "use the adapter settings of the checkpoint's run, or start a new run (another run.name)")
+        expected = {k for k, _ in self.named_parameters() if AdapterBank._adapter_of(k) is not None}
+        missing = expected - set(checkpoint["state_dict"])
+        if missing:
+            raise ConfigError(key, f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]})",
+                              "resume from a complete abspo checkpoint")
+
+
+def _diff(saved, mine, path: str) -> list[str]:
+    """Human-readable differences between two nested dicts: 'key: checkpoint X, this run Y'."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        out = []
+        for k in sorted(set(saved) | set(mine), key=str):
+            if k not in mine:
+                out.append(f"{path}.{k}: in the checkpoint, not in this run")
+            elif k not in saved:
+                out.append(f"{path}.{k}: in this run, not in the checkpoint")
+            else:
+                out += _diff(saved[k], mine[k], f"{path}.{k}")
+        return out
+    return [] if saved == mine else [f"{path}: checkpoint {saved!r}, this run {mine!r}"]
+
+
+def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, t - x.shape[1]))
+
+
+def _stack(rows: list[torch.Tensor], t: int) -> torch.Tensor:
+    return torch.stack([r[:t] for r in rows])
+
+
+def game_metrics(exchanges: list[Exchange]) -> dict[str, float]:
+    """Rates that say how the game is going (fractions in [0, 1])."""
+    labelled = [e for e in exchanges if e.verdict is not None and e.verdict.complete]
+    harmful = [e for e in labelled if e.seed_harmful]
+    benign = [e for e in labelled if not e.seed_harmful]
+    attacks = [e for e in exchanges if e.revised]
+    out = {
+        "game/unlabelled_rate": 1.0 - len(labelled) / max(1, len(exchanges)),
+        "game/unlabelled": float(len(exchanges) - len(labelled)),
+    }
+    if harmful:
+        out["game/attack_success_rate"] = sum(e.verdict.response_harmful for e in harmful) / len(harmful)
+    if benign:
+        out["game/benign_refusal_rate"] = sum(e.verdict.refusal for e in benign) / len(benign)
+    if attacks:
+        out["game/attacker_format_failure_rate"] = sum(not e.attacker_well_formed for e in attacks) / len(attacks)
+    reasoning = [e for e in exchanges if e.defender_well_formed is not None]
+    if reasoning:
+        out["game/defender_format_failure_rate"] = sum(not e.defender_well_formed for e in reasoning) / len(reasoning)
+    return out
+
+
+def samples_markdown(exchanges: list[Exchange]) -> str:
+    """A markdown table of games for TensorBoard's text tab."""
+
+    def cell(text: str | None, limit: int = 300) -> str:
+        text = (text or "").replace("|", "\\|").replace("\n", " ")
+        return text[:limit] + ("…" if len(text) > limit else "")
+
+    rows = ["| seed (label) | attacker prompt | defender response | verdict | rewards |", "|---|---|---|---|---|"]
+    for e in exchanges:
+        v = e.verdict
+        verdict = "—" if v is None else f"req_harm={v.prompt_harmful} refusal={v.refusal} resp_harm={v.response_harmful}"
+        label = "harmful" if e.seed_harmful else "benign"
+        prompt = e.prompt if e.revised else "(unrevised)"
+        rewards = ", ".join(f"{k}={v:+.2f}" for k, v in e.rewards.items())
+        rows.append(f"| {cell(e.seed)} ({label}) | {cell(prompt)} | {cell(e.response)} | {verdict} | {rewards} |")
+    return "\n".join(rows)
+
+
