@@ -14,11 +14,13 @@ User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit wi
 from __future__ import annotations
 
 import os
+import warnings
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -105,8 +107,22 @@ class AbspoCLI(LightningCLI):
         self.model.check_checkpoint(checkpoint)
 
 
+# Lightning warnings that are expected for this design and would only confuse users.
+_EXPECTED_WARNINGS = (
+    r".*module\(s\) in eval mode.*",  # the frozen base stays in eval mode on purpose
+    r".*overridden `transfer_batch_to_device`.*",  # seeds are text; nothing to move
+    r".*ModelCheckpoint with manual optimization.*",  # checkpoints are taken after both roles' steps
+    r".*litlogger.*",
+    r".*LeafSpec.*",
+    r".*is_gradient_checkpointing.*",  # raised inside transformers by PEFT
+)
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    transformers.utils.logging.disable_progress_bar()
     return AbspoCLI(
         SelfPlayModule,
         SeedDataModule,

@@ -24,6 +24,7 @@ it belongs to so a mismatched resume fails with a clear message.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 import lightning as L
@@ -193,7 +194,12 @@ class SelfPlayModule(L.LightningModule):
     def training_step(self, batch: SeedBatch, batch_idx: int):
         start = time.perf_counter()
         self._generated_tokens = 0
-        exchanges = self.play(batch.seeds)
+        # Sampling is a pure function of (seed, batch index, rank): a resumed run plays exactly the games of an
+        # uninterrupted one, whatever else consumed random numbers in between (e.g. a judge loading lazily).
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sampling_seed(batch.index, self.global_rank))
+            exchanges = self.play(batch.seeds)
         gen_time = time.perf_counter() - start
         metrics = game_metrics(exchanges)
         optimizers = self.optimizers()
@@ -373,6 +379,11 @@ def _diff(saved, mine, path: str) -> list[str]:
                 out += _diff(saved[k], mine[k], f"{path}.{k}")
         return out
     return [] if saved == mine else [f"{path}: checkpoint {saved!r}, this run {mine!r}"]
+
+
+def sampling_seed(batch_index: int, rank: int) -> int:
+    base = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+    return (base * 1_000_003 + batch_index * 1_009 + rank) % (2**63)
 
 
 def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:
