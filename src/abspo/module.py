@@ -118,6 +118,13 @@ class SelfPlayModule(L.LightningModule):
             self._judge = HeuristicJudge()
         return self._judge
 
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            # Role forwards call the PEFT model directly, not through a DDP/FSDP wrapper, so gradients would not be
+            # synchronised: each process would silently train its own adapters. Refuse instead.
+            raise ConfigError("trainer.devices", f"{self.trainer.world_size} processes requested; this release trains on "
+                              "one device (one CPU or one GPU)", "set trainer.devices: 1 and trainer.num_nodes: 1")
+
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # seeds are text; tensors are built on the right device during the step
 
@@ -285,7 +292,7 @@ class SelfPlayModule(L.LightningModule):
                     if cfg.kl_mode == "loss_k3":
                         loss = loss + cfg.kl_coef * alg.masked_mean(alg.kl_k3(logp, ref), mask)
                     weight = mask.sum().item() / total_tokens / cfg.update_epochs
-                    self.manual_backward(loss * weight * scale)
+                    self._backward(loss * weight * scale)
                     loss_sum += loss.item() * weight
                     clip_sum += clip_frac.item() * weight
                     entropy_sum += alg.masked_mean(entropy, mask).item() * weight
@@ -298,11 +305,22 @@ class SelfPlayModule(L.LightningModule):
             grads = [p.grad for p in params if p.grad is not None]
             stats["grad_norm"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
             if cfg.max_grad_norm is not None:
-                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                if self._trainer is None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
         return stats
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        # Through the trainer when there is one (precision plugins, strategies); plain autograd otherwise, so the
+        # step also runs outside a Trainer (benchmarks, notebooks).
+        if self._trainer is None:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
 
     @torch.no_grad()
     def _reference_logprobs(self, role: str, samples):
