@@ -5,6 +5,7 @@ Each field's docstring is its ``--help`` text in ``abspo fit --help``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,6 +62,11 @@ class ScheduleConfig:
     first: Literal["attacker", "defender"] = "attacker"
     """Role updated first (first in each batch, or in the first phase)."""
 
+    def validate(self) -> None:
+        if self.phase_steps < 1:
+            raise ConfigError("model.schedule.phase_steps", f"must be >= 1, got {self.phase_steps}",
+                              "use the number of batches per phase, e.g. 100")
+
     def roles_to_update(self, batch_index: int) -> list[str]:
         order = [self.first, "defender" if self.first == "attacker" else "attacker"]
         if self.mode == "alternate":
@@ -86,10 +92,15 @@ class OptimizerConfig:
 
     def build(self, params, key: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         cls = getattr(torch.optim, self.name, None)
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ConfigError(f"{key}.name", f"{self.name!r} is not an optimizer in torch.optim", "use e.g. AdamW, Adam or SGD")
-        kwargs = {"lr": self.lr, "weight_decay": self.weight_decay}
-        if "betas" in cls.__init__.__code__.co_varnames:
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {"lr": self.lr}
+        if "weight_decay" in accepted:
+            kwargs["weight_decay"] = self.weight_decay
+        elif self.weight_decay:
+            raise ConfigError(f"{key}.weight_decay", f"{self.name} has no weight decay", "set weight_decay: 0")
+        if "betas" in accepted:
             kwargs["betas"] = tuple(self.betas)
         optimizer = cls(params, **kwargs)
         if self.decay != "constant" and not self.decay_steps:

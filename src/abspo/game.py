@@ -57,15 +57,15 @@ def parse_reasoning_turn(output: str, fallback: str = "") -> ParsedTurn:
     Well-formed means exactly one think block followed by one non-empty answer block and nothing else.
     """
     match = _FORMAT.match(output)
-    if match and match.group(2).strip() and "<think>" not in match.group(2) and "<answer>" not in match.group(2):
+    if match and match.group(2).strip() and not any(_TAGS.search(g) for g in match.groups()):
         return ParsedTurn(match.group(2).strip(), True)
     opened = _ANSWER_OPEN.search(output)
-    if opened and opened.group(1).strip():
+    if opened and _TAGS.sub("", opened.group(1)).strip():
         return ParsedTurn(_TAGS.sub("", opened.group(1)).strip(), False)
     if "</think>" in output:
-        rest = output.split("</think>", 1)[1]
-        if rest.strip():
-            return ParsedTurn(_TAGS.sub("", rest).strip(), False)
+        rest = _TAGS.sub("", output.split("</think>", 1)[1]).strip()
+        if rest:
+            return ParsedTurn(rest, False)
     text = _TAGS.sub("", output).strip()
     return ParsedTurn(text or fallback, False)
 

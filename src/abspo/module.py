@@ -85,6 +85,7 @@ class SelfPlayModule(L.LightningModule):
         self.logging_cfg = logging or LoggingConfig()
         self.reward_table = resolve_table(reward_table)
         self.algorithm.validate()
+        self.schedule.validate()
         self.bank_spec.validate()
         for adapter in self.optim_cfg:
             if adapter not in self.bank_spec.adapters:

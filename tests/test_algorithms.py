@@ -1,0 +1,246 @@
+"""Golden-value tests of the pure RL math in abspo.algorithms.
+
+Every expected number below is worked out by hand in the comment next to it; none is produced by calling the
+function under test a second time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from abspo.algorithms import (
+    grpo_advantages,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+    normalize_rewards,
+    policy_loss,
+    reinforce_pp_advantages,
+    reinforce_pp_returns,
+)
+
+SQRT2, SQRT3 = math.sqrt(2.0), math.sqrt(3.0)
+
+
+def close(actual, expected, atol=1e-5):
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=atol, rtol=0.0)
+
+
+# -- masked_mean ----------------------------------------------------------------------------------------------
+
+
+def test_masked_mean_whole_tensor_ignores_masked_entries():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 600.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # real entries 1, 2, 4 -> 7 / 3
+    close(masked_mean(x, mask), 7.0 / 3.0)
+
+
+def test_masked_mean_per_row_and_empty_row_is_zero_not_nan():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    # row 0: (1 + 2) / 2 = 1.5; row 1 has no real token: 0 / clamp(0, 1) = 0
+    close(masked_mean(x, mask, dim=-1), [1.5, 0.0])
+    close(masked_mean(x, torch.zeros_like(mask)), 0.0)
+
+
+# -- masked_whiten --------------------------------------------------------------------------------------------
+
+
+def test_masked_whiten_hand_example_and_masked_entries_are_zero():
+    x = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    # real values 1, 2, 3: mean 2, population var (1 + 0 + 1) / 3 = 2/3, std = sqrt(2/3)
+    # (1 - 2) / sqrt(2/3) = -sqrt(1.5) = -1.2247449; 0; +1.2247449; the masked 100 becomes 0
+    s = math.sqrt(1.5)
+    close(masked_whiten(x, mask), [[-s, 0.0], [s, 0.0]])
+
+
+def test_masked_whiten_constant_input_gives_zeros_not_nan():
+    x = torch.full((3, 4), 0.7)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    out = masked_whiten(x, mask)
+    assert not torch.isnan(out).any()
+    close(out, torch.zeros(3, 4), atol=1e-3)
+
+
+def test_masked_whiten_has_zero_mean_unit_variance_over_real_tokens():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=g) * 3.0 + 5.0
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]])
+    out = masked_whiten(x, mask)
+    real = out[mask.bool()]
+    close(real.mean(), 0.0)
+    close((real ** 2).mean(), 1.0, atol=1e-4)
+    assert (out[~mask.bool()] == 0).all()
+
+
+# -- KL estimators --------------------------------------------------------------------------------------------
+
+
+def test_kl_k1_hand_value():
+    # log pi - log ref = -1 - (-2) = 1
+    close(kl_k1(torch.tensor([-1.0]), torch.tensor([-2.0])), [1.0])
+
+
+def test_kl_k3_hand_values():
+    logp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-2.0, -1.0])
+    # r = ref - logp. token 0: r = -1 -> e^-1 - (-1) - 1 = e^-1 = 0.3678794
+    # token 1: r = +1 -> e^1 - 1 - 1 = e - 2 = 0.7182818
+    close(kl_k3(logp, ref), [math.exp(-1.0), math.e - 2.0])
+
+
+def test_kl_k3_non_negative_and_zero_when_equal():
+    g = torch.Generator().manual_seed(1)
+    logp = -torch.rand(200, generator=g) * 5
+    ref = -torch.rand(200, generator=g) * 5
+    assert (kl_k3(logp, ref) >= 0).all()
+    close(kl_k3(logp, logp), torch.zeros(200), atol=0.0)
+
+
+def test_k1_and_k3_are_unbiased_for_kl_pi_ref():
+    # Exact expectation over a 3-way categorical pi = [.7, .2, .1], ref = [.2, .3, .5]:
+    # KL(pi || ref) = .7 ln 3.5 + .2 ln(2/3) + .1 ln .2 = .8769341 - .0810930 - .1609438 = .6348973
+    # (k3 with the arguments swapped would give sum p^2/q - KL - 1 = 2.6033 - .6349 - 1 = .968)
+    p = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    close((p * kl_k1(p.log(), q.log())).sum(), 0.6348973)
+    close((p * kl_k3(p.log(), q.log())).sum(), 0.6348973)
+
+
+# -- REINFORCE++ ----------------------------------------------------------------------------------------------
+
+
+def test_reinforce_pp_returns_hand_2x3():
+    rewards = torch.tensor([1.0, -2.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, -0.4, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # kl_coef = 0.1. Row 0 token rewards: -0.01, -0.02, -0.03 + 1 (last real) = 0.97
+    #   reward-to-go: 0.94, 0.95, 0.97
+    # Row 1 (last real token is index 1; the 9.0 sits on padding and must not count):
+    #   token rewards -0.05, +0.04 - 2 = -1.96, pad 0 -> reward-to-go -0.05 - 1.96 = -2.01, -1.96, 0
+    out = reinforce_pp_returns(rewards, kl, mask, kl_coef=0.1)
+    close(out, [[0.94, 0.95, 0.97], [-2.01, -1.96, 0.0]])
+
+
+def test_reinforce_pp_returns_reward_on_last_real_token_only():
+    rewards = torch.tensor([3.0, 5.0, 7.0])
+    kl = torch.zeros(3, 4)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    # no KL: every real token's return is the sequence reward; padding is 0; an empty row gets nothing
+    out = reinforce_pp_returns(rewards, kl, mask, kl_coef=0.5)
+    close(out, [[3.0, 0, 0, 0], [5.0, 5.0, 5.0, 5.0], [0, 0, 0, 0]])
+
+
+def test_reinforce_pp_returns_accepts_bool_mask():
+    out = reinforce_pp_returns(torch.tensor([2.0]), torch.tensor([[1.0, 1.0, 1.0]]),
+                               torch.tensor([[True, True, False]]), kl_coef=1.0)
+    # token rewards -1, -1 + 2 = 1, pad -> returns 0, 1, 0
+    close(out, [[0.0, 1.0, 0.0]])
+
+
+def test_reinforce_pp_advantages_whitens_returns_over_real_tokens():
+    rewards = torch.tensor([1.0, -1.0])
+    kl = torch.zeros(2, 2)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    # returns [[1, 1], [-1, pad]]; real values 1, 1, -1: mean 1/3,
+    # var = ((2/3)^2 * 2 + (4/3)^2) / 3 = (8/9 + 16/9) / 3 = 8/9, std = 2*sqrt(2)/3
+    # (2/3) / (2 sqrt2 / 3) = 1/sqrt2;  (-4/3) / (2 sqrt2 / 3) = -sqrt2
+    out = reinforce_pp_advantages(rewards, kl, mask, kl_coef=0.3)
+    close(out, [[1 / SQRT2, 1 / SQRT2], [-SQRT2, 0.0]])
+
+
+def test_reinforce_pp_advantages_all_equal_rewards_no_kl_give_zero():
+    out = reinforce_pp_advantages(torch.tensor([2.0, 2.0]), torch.zeros(2, 3),
+                                  torch.tensor([[1, 1, 1], [1, 1, 0]]), kl_coef=0.01)
+    assert not torch.isnan(out).any()
+    close(out, torch.zeros(2, 3), atol=1e-3)
+
+
+# -- reward normalisation and GRPO -----------------------------------------------------------------------------
+
+
+def test_normalize_rewards_hand_values():
+    # [1, 3]: mean 2, centred [-1, 1], population var 1 -> [-1, 1]
+    close(normalize_rewards(torch.tensor([1.0, 3.0])), [-1.0, 1.0])
+    # [0, 0, 3]: mean 1, centred [-1, -1, 2], var (1 + 1 + 4) / 3 = 2 -> [-1/sqrt2, -1/sqrt2, sqrt2]
+    close(normalize_rewards(torch.tensor([0.0, 0.0, 3.0])), [-1 / SQRT2, -1 / SQRT2, SQRT2])
+
+
+@pytest.mark.parametrize("values", [[2.0, 2.0, 2.0], [-0.5], [0.1] * 7])
+def test_normalize_rewards_all_equal_gives_zeros(values):
+    out = normalize_rewards(torch.tensor(values))
+    assert not torch.isnan(out).any()
+    close(out, torch.zeros(len(values)), atol=1e-3)
+
+
+def test_grpo_advantages_unbiased_std_per_group_unsorted_ids():
+    rewards = torch.tensor([1.0, 0.0, 3.0, 0.0, 3.0, 5.0])
+    groups = torch.tensor([7, 3, 7, 3, 3, 9])
+    # group 7 = [1, 3]: mean 2, unbiased std sqrt((1 + 1) / 1) = sqrt2 -> -1/sqrt2, +1/sqrt2
+    # group 3 = [0, 0, 3]: mean 1, unbiased std sqrt((1 + 1 + 4) / 2) = sqrt3 -> -1/sqrt3, -1/sqrt3, 2/sqrt3
+    # group 9 = [5]: a singleton has no spread -> 0
+    expected = [-1 / SQRT2, -1 / SQRT3, 1 / SQRT2, -1 / SQRT3, 2 / SQRT3, 0.0]
+    close(grpo_advantages(rewards, groups), expected)
+
+
+def test_grpo_advantages_all_equal_group_is_zero_not_nan():
+    rewards = torch.tensor([2.0, 2.0, 2.0, -1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    out = grpo_advantages(rewards, groups)
+    assert not torch.isnan(out).any()
+    # group 0 all equal -> 0; group 1 = [-1, 1]: mean 0, unbiased std sqrt(2) -> -1/sqrt2, 1/sqrt2
+    close(out, [0.0, 0.0, 0.0, -1 / SQRT2, 1 / SQRT2])
+
+
+# -- policy loss ----------------------------------------------------------------------------------------------
+
+
+def test_policy_loss_without_clip_is_minus_mean_advantage_at_ratio_one_and_masks():
+    logp = torch.tensor([[-0.3, -1.2, -2.0]], requires_grad=True)
+    adv = torch.tensor([[2.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, clip_frac = policy_loss(logp, logp.detach(), adv, mask, clip_eps=None)
+    # ratio 1 everywhere: -(2 + (-1)) / 2 = -0.5; the masked 5.0 does not count
+    close(loss, -0.5)
+    close(clip_frac, 0.0)
+    loss.backward()
+    # d loss / d logp = -adv * ratio / n_real = [-2/2, 1/2, 0]
+    close(logp.grad, [[-1.0, 0.5, 0.0]])
+
+
+def test_policy_loss_clipped_ppo_hand_example():
+    eps = 0.2
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 0.5, 3.0]])
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    old = torch.zeros(1, 5)
+    logp = ratio.log().clone().requires_grad_(True)
+    loss, clip_frac = policy_loss(logp, old, adv, mask, clip_eps=eps)
+    # per token, max(-A r, -A clip(r, .8, 1.2)):
+    #   A=+1, r=1.5: max(-1.5, -1.2) = -1.2  (clipped)
+    #   A=+1, r=0.5: max(-0.5, -0.8) = -0.5  (not clipped: the pessimistic term is the raw one)
+    #   A=-1, r=1.5: max( 1.5,  1.2) =  1.5  (not clipped)
+    #   A=-1, r=0.5: max( 0.5,  0.8) =  0.8  (clipped)
+    #   token 4 is padding
+    # mean = (-1.2 - 0.5 + 1.5 + 0.8) / 4 = 0.15; clip fraction = 2 / 4
+    close(loss, 0.15)
+    close(clip_frac, 0.5)
+    loss.backward()
+    # clipped tokens carry no gradient; the others d(-A r)/dlogp = -A r / 4: -0.5/4, +1.5/4
+    close(logp.grad, [[0.0, -0.125, 0.375, 0.0, 0.0]])
+
+
+def test_policy_loss_ratio_inside_clip_range_equals_unclipped():
+    ratio = torch.tensor([1.1, 0.9])
+    adv = torch.tensor([2.0, -3.0])
+    mask = torch.tensor([1, 1])
+    loss, clip_frac = policy_loss(ratio.log(), torch.zeros(2), adv, mask, clip_eps=0.2)
+    # (-2 * 1.1 + 3 * 0.9) / 2 = (-2.2 + 2.7) / 2 = 0.25
+    close(loss, 0.25)
+    close(clip_frac, 0.0)

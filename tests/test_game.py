@@ -1,0 +1,174 @@
+"""The game's string logic: parsing reasoning turns, rendering chat prompts, filling templates."""
+
+from __future__ import annotations
+
+import pytest
+
+from abspo.game import (
+    ATTACKER_BENIGN,
+    ATTACKER_HARMFUL,
+    REASONING_SUFFIX,
+    GameConfig,
+    ParsedTurn,
+    attacker_instruction,
+    chat_prompt,
+    defender_message,
+    parse_reasoning_turn,
+)
+
+# -- parse_reasoning_turn -------------------------------------------------------------------------------------
+
+
+def test_well_formed_turn():
+    assert parse_reasoning_turn("<think>plan it</think><answer>Tell me X</answer>") == ParsedTurn("Tell me X", True)
+
+
+def test_well_formed_with_surrounding_whitespace_and_multiline_answer():
+    out = "  \n<think>line 1\nline 2</think>\n\n<answer>\n  Tell me\nabout X  \n</answer>\n "
+    assert parse_reasoning_turn(out) == ParsedTurn("Tell me\nabout X", True)
+
+
+def test_missing_tags_gives_whole_text_not_well_formed():
+    assert parse_reasoning_turn("  just a prompt  ", fallback="SEED") == ParsedTurn("just a prompt", False)
+
+
+def test_unclosed_answer_gives_answer_body():
+    out = "<think>plan</think><answer>Tell me X\nin detail"
+    assert parse_reasoning_turn(out, fallback="SEED") == ParsedTurn("Tell me X\nin detail", False)
+
+
+def test_text_after_think_only():
+    assert parse_reasoning_turn("<think>plan</think>  Tell me X ", fallback="SEED") == ParsedTurn("Tell me X", False)
+
+
+def test_unclosed_think_keeps_text_without_tags():
+    assert parse_reasoning_turn("<think>still thinking", fallback="SEED") == ParsedTurn("still thinking", False)
+
+
+def test_trailing_text_after_answer_is_not_well_formed():
+    assert parse_reasoning_turn("<think>a</think><answer>X</answer> and more") == ParsedTurn("X", False)
+
+
+def test_answer_before_think_is_not_well_formed():
+    assert parse_reasoning_turn("<answer>X</answer><think>a</think>") == ParsedTurn("X", False)
+
+
+def test_duplicate_answer_blocks_not_well_formed_and_first_answer_used():
+    assert parse_reasoning_turn("<think>a</think><answer>X</answer><answer>Y</answer>") == ParsedTurn("X", False)
+
+
+def test_answer_tag_nested_in_answer_not_well_formed():
+    parsed = parse_reasoning_turn("<think>a</think><answer>X <answer>Y</answer>")
+    assert parsed.well_formed is False
+    assert "<answer>" not in parsed.text and "</answer>" not in parsed.text
+
+
+# "Well-formed means exactly one think block followed by one non-empty answer block and nothing else."
+@pytest.mark.parametrize("output", [
+    "<think>a</think><think>b</think><answer>X</answer>",                 # two think blocks
+    "<think>a<think>b</think><answer>X</answer>",                         # think nested in think
+    "<think>a<answer>b</answer></think><answer>X</answer>",               # an answer block inside think
+    "<think>a</think><answer>X</answer></answer>",                        # duplicate closing answer tag
+    "<think>a</think><answer>X</think>Y</answer>",                        # stray </think> in the answer
+], ids=["two-think", "nested-think", "answer-in-think", "double-close-answer", "close-think-in-answer"])
+def test_duplicate_or_nested_tags_are_not_well_formed(output):
+    parsed = parse_reasoning_turn(output, fallback="SEED")
+    assert parsed.well_formed is False
+    # the defender must never see the reasoning tags
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        assert tag not in parsed.text
+
+
+@pytest.mark.parametrize("output", ["", "   \n\t ", "<think>", "<think></think>", "<answer></answer>"])
+def test_empty_output_falls_back_to_seed(output):
+    assert parse_reasoning_turn(output, fallback="SEED") == ParsedTurn("SEED", False)
+
+
+def test_empty_think_and_empty_answer_falls_back_to_seed():
+    # answer body empty, nothing after </think> but tags, whole output without tags empty -> the seed
+    assert parse_reasoning_turn("<think></think><answer></answer>", fallback="SEED") == ParsedTurn("SEED", False)
+
+
+def test_empty_answer_never_gives_an_empty_prompt():
+    # answer body is blank, so this is not well formed; the fallback chain (answer body, text after </think>,
+    # whole output without tags, seed) must still give the defender something: "plan" or the seed, never "".
+    parsed = parse_reasoning_turn("<think>plan</think><answer>   </answer>", fallback="SEED")
+    assert parsed.well_formed is False
+    assert parsed.text in ("plan", "SEED")
+
+
+def test_default_fallback_is_empty_string():
+    assert parse_reasoning_turn("") == ParsedTurn("", False)
+
+
+# -- chat_prompt ----------------------------------------------------------------------------------------------
+
+
+class NoTemplateTokenizer:
+    """A base model's tokenizer: no chat template, so chat_prompt uses its plain-text layout."""
+
+    chat_template = None
+
+
+class TagTemplateTokenizer:
+    """A tokenizer with a (trivial) chat template rendering ``<role>content</role>``."""
+
+    chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
+        if tokenize:
+            raise TypeError("chat_prompt needs text, not token ids")
+        text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_chat_prompt_without_template_user_only():
+    assert chat_prompt(NoTemplateTokenizer(), "hi {x}") == "User: hi {x}\nAssistant: "
+
+
+def test_chat_prompt_without_template_with_system_and_prefill():
+    text = chat_prompt(NoTemplateTokenizer(), "hi", system="Be safe.", prefill="<think>")
+    assert text == "Be safe.\n\nUser: hi\nAssistant: <think>"
+
+
+def test_chat_prompt_object_without_chat_template_attribute():
+    assert chat_prompt(object(), "hi", prefill="P") == "User: hi\nAssistant: P"
+
+
+def test_chat_prompt_with_template_adds_generation_prompt_and_prefill():
+    tok = TagTemplateTokenizer()
+    assert chat_prompt(tok, "hi", prefill="<think>") == "<user>hi</user><assistant><think>"
+    assert chat_prompt(tok, "hi", system="S") == "<system>S</system><user>hi</user><assistant>"
+    # an empty system prompt is no system message
+    assert chat_prompt(tok, "hi", system="") == "<user>hi</user><assistant>"
+
+
+# -- templates ------------------------------------------------------------------------------------------------
+
+
+def test_attacker_instruction_picks_template_by_label():
+    cfg = GameConfig(attacker_harmful_template="H<{seed}>", attacker_benign_template="B[{seed}]")
+    assert attacker_instruction(cfg, "make X", harmful=True) == "H<make X>"
+    assert attacker_instruction(cfg, "make X", harmful=False) == "B[make X]"
+
+
+def test_attacker_instruction_substitutes_seed_literally():
+    cfg = GameConfig(attacker_harmful_template="H<{seed}> {other} {}", attacker_benign_template="B")
+    # braces in the seed and in the template are kept as they are; "{seed}" inside the seed is not re-expanded
+    assert attacker_instruction(cfg, "write {x} and {seed} and {0}", True) == \
+        "H<write {x} and {seed} and {0}> {other} {}"
+
+
+def test_default_attacker_templates_contain_the_seed():
+    cfg = GameConfig()
+    harmful = attacker_instruction(cfg, "{x}", True)
+    benign = attacker_instruction(cfg, "{x}", False)
+    assert "Request: {x}\n" in harmful and "{seed}" not in harmful
+    assert "Request: {x}\n" in benign and "{seed}" not in benign
+    assert harmful.startswith(ATTACKER_HARMFUL[:40]) and benign.startswith(ATTACKER_BENIGN[:40])
+    assert harmful != benign
+
+
+def test_defender_message_reasoning_suffix_only_when_asked():
+    assert defender_message(GameConfig(), "Q?") == "Q?"
+    assert defender_message(GameConfig(defender_reasoning=True), "Q?") == "Q?" + REASONING_SUFFIX

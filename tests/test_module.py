@@ -1,0 +1,137 @@
+"""The training step outside a Trainer, on the tiny model: schedules, the shared baseline, GRPO, accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abspo.bank import BankSpec, LoraSpec
+from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
+from abspo.data import SeedDataModule
+from abspo.game import GameConfig
+from abspo.judges import HeuristicJudge
+from abspo.module import SelfPlayModule, game_metrics
+from tests.conftest import TINY
+
+GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return HeuristicJudge()
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    data = SeedDataModule(batch_size=8)
+    data.setup()
+    return data.stream
+
+
+def make(judge, **kwargs) -> SelfPlayModule:
+    kwargs.setdefault("optimizers", {"attacker": OptimizerConfig(lr=1e-2), "defender": OptimizerConfig(lr=1e-2)})
+    return SelfPlayModule(base=TINY, judge=judge, game=GAME, **kwargs)
+
+
+def snapshot(module: SelfPlayModule, adapter: str) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.bank.adapter_parameters(adapter)]
+
+
+def changed(before: list[torch.Tensor], module: SelfPlayModule, adapter: str) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.bank.adapter_parameters(adapter)))
+
+
+def step(module: SelfPlayModule, seeds, index: int, roles: list[str] | None = None):
+    optimizers, schedulers = module.configure_optimizers()
+    module._opt = getattr(module, "_opt", (optimizers, schedulers))
+    optimizers, schedulers = module._opt
+    module._generated_tokens = 0
+    torch.manual_seed(index)
+    exchanges = module.play(seeds.batch(index).seeds)
+    roles = roles or module.schedule.roles_to_update(index)
+    stats = {}
+    for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
+        mine = [r for r in roles if module.bank.adapter_for(r) == adapter]
+        if mine:
+            stats[adapter] = module.update_adapter(adapter, mine, exchanges, opt, sched)
+    return exchanges, stats
+
+
+def test_play_fills_every_exchange(judge, seeds):
+    module = make(judge)
+    exchanges, _ = step(module, seeds, 0, roles=[])
+    assert len(exchanges) == 8
+    revised = [e for e in exchanges if e.revised]
+    assert len(revised) == 4, "unrevised_fraction 0.5 of 8 seeds"
+    for e in exchanges:
+        assert e.verdict is not None and "defender" in e.turns
+        assert ("defender" in e.rewards) == e.verdict.complete, "exactly the unlabelled games get no reward"
+        assert ("attacker" in e.rewards) == (e.revised and e.verdict.complete)
+        if not e.revised:
+            assert e.prompt == e.seed and e.attacker_output is None
+    metrics = game_metrics(exchanges)
+    assert metrics["game/unlabelled_rate"] == sum(not e.verdict.complete for e in exchanges) / 8
+    assert 0.0 <= metrics["game/attack_success_rate"] <= 1.0
+
+
+def test_phases_schedule_freezes_the_opponent(judge, seeds):
+    module = make(judge, schedule=ScheduleConfig(mode="phases", phase_steps=1))
+    att, dfn = snapshot(module, "attacker"), snapshot(module, "defender")
+    step(module, seeds, 0)  # phase 0: attacker only
+    assert changed(att, module, "attacker") and not changed(dfn, module, "defender")
+    att = snapshot(module, "attacker")
+    step(module, seeds, 1)  # phase 1: defender only
+    assert changed(dfn, module, "defender") and not changed(att, module, "attacker")
+
+
+def test_shared_adapter_is_updated_once_from_both_roles(judge, seeds):
+    bank = BankSpec(adapters={"shared": LoraSpec(r=4, alpha=8)}, roles={"attacker": "shared", "defender": "shared"})
+    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)})
+    optimizers, _ = module.configure_optimizers()
+    assert len(optimizers) == 1
+    before = snapshot(module, "shared")
+    exchanges, stats = step(module, seeds, 0)
+    assert changed(before, module, "shared")
+    expected = sum(len(e.rewards) for e in exchanges)
+    assert stats["shared"]["samples"] == expected > 8, "attacker and defender turns in one update"
+
+
+def test_accumulation_steps_every_k_batches(judge, seeds):
+    module = make(judge, algorithm=AlgorithmConfig(accumulate_batches=2))
+    before = snapshot(module, "defender")
+    step(module, seeds, 0)
+    assert not changed(before, module, "defender"), "first of two accumulated batches: no optimizer step"
+    assert any(p.grad is not None for p in module.bank.adapter_parameters("defender"))
+    step(module, seeds, 1)
+    assert changed(before, module, "defender")
+    assert all(p.grad is None for p in module.bank.adapter_parameters("defender")), "grads cleared after the step"
+
+
+def test_grpo_plays_group_size_games_per_seed(judge, seeds):
+    module = make(judge, algorithm=AlgorithmConfig(estimator="grpo", group_size=2))
+    before = snapshot(module, "defender")
+    exchanges, stats = step(module, seeds, 0)
+    assert len(exchanges) == 16
+    groups = [e.group for e in exchanges]
+    assert groups == [i // 2 for i in range(16)]
+    assert all(exchanges[i].seed == exchanges[i + 1].seed for i in range(0, 16, 2))
+    assert stats["defender"]["samples"] == sum("defender" in e.rewards for e in exchanges) > 8
+
+
+@pytest.mark.parametrize("algorithm", [AlgorithmConfig(kl_mode="loss_k3", kl_coef=0.1),
+                                       AlgorithmConfig(update_epochs=2, clip_eps=0.1, micro_batch_size=3)])
+def test_update_variants_move_the_defender_and_report_finite_stats(judge, seeds, algorithm):
+    module = make(judge, algorithm=algorithm)
+    before = snapshot(module, "defender")
+    _, stats = step(module, seeds, 0)
+    assert changed(before, module, "defender")
+    for key, value in stats["defender"].items():
+        assert torch.isfinite(torch.tensor(value)), key
+
+
+def test_kl_to_the_anchor_grows_from_zero(judge, seeds):
+    module = make(judge)
+    _, first = step(module, seeds, 0)
+    assert first["defender"]["kl"] == pytest.approx(0.0, abs=1e-6), "fresh adapters are the anchor"
+    _, second = step(module, seeds, 1)
+    assert second["defender"]["kl"] > 0.0
