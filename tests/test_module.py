@@ -135,3 +135,13 @@ def test_kl_to_the_anchor_grows_from_zero(judge, seeds):
     assert first["defender"]["kl"] == pytest.approx(0.0, abs=1e-6), "fresh adapters are the anchor"
     _, second = step(module, seeds, 1)
     assert second["defender"]["kl"] > 0.0
+
+
+def test_unrevised_share_is_taken_from_harmful_and_benign_seeds_alike():
+    from abspo.data import Seed
+    from abspo.module import unrevised_seeds
+
+    seeds = [Seed("h1", True), Seed("b1", False), Seed("h2", True), Seed("h3", True), Seed("b2", False), Seed("h4", True)]
+    assert unrevised_seeds(seeds, 0.5) == {0, 2, 1}  # 2 of 4 harmful (h1, h2), 1 of 2 benign (b1)
+    assert unrevised_seeds(seeds, 0.0) == set()
+    assert unrevised_seeds(seeds, 1.0) == set(range(6))

@@ -109,6 +109,7 @@ class SelfPlayModule(L.LightningModule):
         self._judge = judge
         self.strict_loading = False  # checkpoints hold adapters only; on_load_checkpoint checks they are all there
         self._updates = defaultdict(int)  # adapter -> backward passes since its last optimizer step
+        self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
 
     # -- setup ------------------------------------------------------------------------------------
     @property
@@ -146,12 +147,10 @@ class SelfPlayModule(L.LightningModule):
     def play(self, seeds: list[Seed]) -> list[Exchange]:
         """Play one game per seed (``group_size`` games per seed for GRPO). Returns the filled exchanges."""
         k = self.algorithm.group_size
-        games = [s for s in seeds for _ in range(k)]
-        n_unrevised = round(len(seeds) * self.game.unrevised_fraction)
-        # The first n_unrevised seeds of the (already shuffled) batch skip the attacker; a seed's GRPO group
-        # shares one fate so that its games are comparable.
-        exchanges = [Exchange(seed=s.prompt, seed_harmful=s.harmful, revised=(i // k) >= n_unrevised, group=i // k)
-                     for i, s in enumerate(games)]
+        unrevised = unrevised_seeds(seeds, self.game.unrevised_fraction)
+        # A seed's GRPO group shares one fate (revised or not) so that its games are comparable.
+        exchanges = [Exchange(seed=s.prompt, seed_harmful=s.harmful, revised=i not in unrevised, group=i)
+                     for i, s in enumerate(seeds) for _ in range(k)]
         sync = self._synced_generation()
         self.bank.model.eval()
         revised = [e for e in exchanges if e.revised]
@@ -226,6 +225,9 @@ class SelfPlayModule(L.LightningModule):
             rewards = [e.rewards[role] for e in exchanges if role in e.rewards]
             if rewards:
                 metrics[f"{role}/reward"] = sum(rewards) / len(rewards)
+        for counter in ("unparsed", "failed", "requests"):  # running totals kept by model-based judges
+            if isinstance(getattr(self.judge, counter, None), int):
+                metrics[f"judge/{counter}"] = getattr(self.judge, counter)
         elapsed = time.perf_counter() - start
         metrics["perf/gen_tokens_per_s"] = self._generated_tokens / max(gen_time, 1e-9)
         metrics["perf/step_s"] = elapsed
@@ -398,6 +400,15 @@ def _diff(saved, mine, path: str) -> list[str]:
                 out += _diff(saved[k], mine[k], f"{path}.{k}")
         return out
     return [] if saved == mine else [f"{path}: checkpoint {saved!r}, this run {mine!r}"]
+
+
+def unrevised_seeds(seeds: list[Seed], fraction: float) -> set[int]:
+    """Indices of the seeds that skip the attacker: the same share of the harmful and of the benign seeds."""
+    chosen: set[int] = set()
+    for label in (True, False):
+        indices = [i for i, s in enumerate(seeds) if s.harmful == label]
+        chosen.update(indices[: round(len(indices) * fraction)])
+    return chosen
 
 
 def sampling_seed(batch_index: int, rank: int) -> int:

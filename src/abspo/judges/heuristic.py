@@ -38,6 +38,7 @@ import importlib.util
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,8 @@ class HeuristicJudge(Judge):
             which a reply of at least ``min_topic_words`` words does not address the request.
         min_topic_words: shorter replies ("42.", "Paris") are never judged off-topic.
         batch_size: encoder batch size.
+        cache_size: embeddings of this many recent texts are kept, so that a wrapper template or a
+            stock refusal that recurs across calls is encoded once (0 disables the cache).
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class HeuristicJudge(Judge):
         off_topic_below: float = 0.1,
         min_topic_words: int = 12,
         batch_size: int = 64,
+        cache_size: int = 4096,
     ) -> None:
         for name, value in (
             ("threshold", threshold),
@@ -215,6 +219,8 @@ class HeuristicJudge(Judge):
         self.off_topic_below = off_topic_below
         self.min_topic_words = min_topic_words
         self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._encoder: SentenceTransformer | None = None
 
     # -- model ----------------------------------------------------------------------------------------
@@ -226,13 +232,24 @@ class HeuristicJudge(Judge):
         return self._encoder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised embeddings, one row per text."""
+        """L2-normalised embeddings, one row per text; each distinct text is encoded once."""
         if not texts:
             return np.zeros((0, self.head.weights.shape[0]), dtype=np.float32)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh = dict(zip(missing, self._encode(missing))) if missing else {}
+        rows = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
+        if self.cache_size > 0:
+            for text in texts:
+                if text in self._cache:
+                    self._cache.move_to_end(text)
+            self._cache.update(fresh)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return rows
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
-            self.encoder.encode(
-                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
-            ),
+            self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False),
             dtype=np.float32,
         )
 
