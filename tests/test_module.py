@@ -145,3 +145,11 @@ def test_unrevised_share_is_taken_from_harmful_and_benign_seeds_alike():
     assert unrevised_seeds(seeds, 0.5) == {0, 2, 1}  # 2 of 4 harmful (h1, h2), 1 of 2 benign (b1)
     assert unrevised_seeds(seeds, 0.0) == set()
     assert unrevised_seeds(seeds, 1.0) == set(range(6))
+
+
+def test_optimizer_steps_per_batch_matches_the_schedule(judge):
+    assert make(judge).optimizer_steps_per_batch == 2.0, "alternate: attacker step + defender step"
+    assert make(judge, schedule=ScheduleConfig(mode="phases")).optimizer_steps_per_batch == 1.0
+    assert make(judge, algorithm=AlgorithmConfig(accumulate_batches=2)).optimizer_steps_per_batch == 1.0
+    shared = BankSpec(adapters={"shared": LoraSpec(r=4)}, roles={"attacker": "shared", "defender": "shared"})
+    assert make(judge, bank=shared, optimizers={"shared": OptimizerConfig()}).optimizer_steps_per_batch == 1.0

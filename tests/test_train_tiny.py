@@ -111,3 +111,12 @@ def test_resume_equals_uninterrupted_run(tmp_path, run):
     expected, got = adapters(straight), adapters(resumed)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_progress_bar_counts_batches_of_games(tmp_path):
+    cli = fit(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", "2")
+    bar = cli.trainer.progress_bar_callback
+    assert type(bar).__name__.startswith("Game")
+    assert cli.trainer.global_step == 2
+    cli.trainer.fit_loop.max_steps = 6  # 4 optimizer steps left = 2 batches of (attacker step + defender step)
+    assert bar.total_train_batches == 2

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from abspo.callbacks.export import AdapterExport
+from abspo.callbacks.progress import game_progress_bar
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
 from abspo.module import SelfPlayModule
@@ -76,6 +77,9 @@ class AbspoCLI(LightningCLI):
                                              every_n_train_steps=run.checkpoint_every_n_steps))
         if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
             callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
+        if config.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in user_callbacks + callbacks):
+            callbacks.append(game_progress_bar())
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:

@@ -138,6 +138,12 @@ class SelfPlayModule(L.LightningModule):
             schedulers.append(sched)
         return optimizers, schedulers
 
+    @property
+    def optimizer_steps_per_batch(self) -> float:
+        """How many optimizer steps (``trainer.global_step`` increments) one batch of games makes on average."""
+        per_batch = [len({self.bank.adapter_for(r) for r in self.schedule.roles_to_update(i)}) for i in (0, self.schedule.phase_steps)]
+        return sum(per_batch) / len(per_batch) / self.algorithm.accumulate_batches
+
     def trainable_parameter_count(self) -> dict[str, int]:
         counts = {a: sum(p.numel() for p in self.bank.adapter_parameters(a)) for a in self.adapters}
         counts["base"] = sum(p.numel() for _, p in self.bank.base_parameters())
