@@ -118,5 +118,5 @@ def test_progress_bar_counts_batches_of_games(tmp_path):
     bar = cli.trainer.progress_bar_callback
     assert type(bar).__name__.startswith("Game")
     assert cli.trainer.global_step == 2
-    cli.trainer.fit_loop.max_steps = 6  # 4 optimizer steps left = 2 batches of (attacker step + defender step)
+    cli.trainer.fit_loop.epoch_loop.max_steps = 6  # 4 optimizer steps left = 2 batches of (attacker step + defender step)
     assert bar.total_train_batches == 2
