@@ -132,3 +132,11 @@ def test_console_script_exits_2_without_traceback(tmp_path):
 
 def test_checkpoint_loads_with_weights_only(finished_run):
     torch.load(finished_run / "tiny" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_subcommands_without_a_loop_say_so(capsys, tmp_path, subcommand):
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"abspo {subcommand}" in capsys.readouterr().err

@@ -82,6 +82,19 @@ class AbspoCLI(LightningCLI):
             callbacks.append(game_progress_bar())
         return super()._instantiate_trainer(config, callbacks)
 
+    def before_validate(self) -> None:
+        self._not_yet("validate")
+
+    def before_test(self) -> None:
+        self._not_yet("test")
+
+    def before_predict(self) -> None:
+        self._not_yet("predict")
+
+    def _not_yet(self, subcommand: str) -> None:
+        raise ConfigError(f"abspo {subcommand}", "this subcommand has no evaluation loop in this release",
+                          "train with `abspo fit`; load the exported adapters/<role>/ folders with PEFT to evaluate")
+
     def before_fit(self) -> None:
         """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
         self.datamodule.setup("fit")
