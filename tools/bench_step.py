@@ -2,7 +2,8 @@
 
     python tools/bench_step.py --repeats 3 --batch-size 8 --new-tokens 64
 
-For each dtype it plays ``repeats`` batches (after one warm-up batch) and reports medians of: game play
+For each dtype it plays ``repeats`` batches (after one warm-up batch; the dtypes take turns batch by batch,
+so load from other processes hits them alike) and reports medians of: game play
 (attacker + defender sampling + judge), generated tokens per second, the attacker update and the defender
 update; then the ratios of each dtype to the first one (the baseline, float32 by default). The machine is
 shared and noisy: compare medians from one invocation, not across invocations.
@@ -22,27 +23,40 @@ from abspo.models import BaseModel
 from abspo.module import SelfPlayModule
 
 
-def bench(dtype: str, args) -> dict[str, float]:
+def make_module(dtype: str, args) -> tuple[SelfPlayModule, list, list]:
     game = GameConfig(max_new_tokens_attacker=args.new_tokens, max_new_tokens_defender=args.new_tokens)
     module = SelfPlayModule(base=BaseModel(dtype=dtype), game=game)
     optimizers, schedulers = module.configure_optimizers()
+    return module, optimizers, schedulers
+
+
+def one_batch(module, optimizers, schedulers, seeds, index: int) -> dict[str, float]:
+    torch.manual_seed(index)
+    module._generated_tokens = 0
+    start = time.perf_counter()
+    exchanges = module.play(seeds)
+    play = time.perf_counter() - start
+    row = {"play_s": play, "gen_tokens_per_s": module._generated_tokens / play}
+    for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
+        start = time.perf_counter()
+        module.update_adapter(adapter, [adapter], exchanges, opt, sched)
+        row[f"update_{adapter}_s"] = time.perf_counter() - start
+    return row
+
+
+def bench(args) -> dict[str, dict[str, float]]:
+    """Interleave the dtypes batch by batch, so that load from other processes hits them alike."""
+    modules = {dtype: make_module(dtype, args) for dtype in args.dtypes}
     data = SeedDataModule(batch_size=args.batch_size)
     data.setup()
-    rows = []
+    rows: dict[str, list[dict[str, float]]] = {dtype: [] for dtype in args.dtypes}
     for index in range(args.repeats + 1):
-        torch.manual_seed(index)
-        module._generated_tokens = 0
-        start = time.perf_counter()
-        exchanges = module.play(data.stream.batch(index).seeds)
-        play = time.perf_counter() - start
-        row = {"play_s": play, "gen_tokens_per_s": module._generated_tokens / play}
-        for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
-            start = time.perf_counter()
-            module.update_adapter(adapter, [adapter], exchanges, opt, sched)
-            row[f"update_{adapter}_s"] = time.perf_counter() - start
-        if index:  # the first batch warms up kernels and loads the judge
-            rows.append(row)
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        seeds = data.stream.batch(index).seeds
+        for dtype, (module, optimizers, schedulers) in modules.items():
+            row = one_batch(module, optimizers, schedulers, seeds, index)
+            if index:  # the first batch warms up kernels and loads the judge
+                rows[dtype].append(row)
+    return {dtype: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for dtype, rs in rows.items()}
 
 
 def main() -> None:
@@ -52,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
-    results = {dtype: bench(dtype, args) for dtype in args.dtypes}
+    results = bench(args)
     keys = list(next(iter(results.values())))
     baseline = results[args.dtypes[0]]
     print(f"SmolLM2-135M, {args.batch_size} games/batch, {args.new_tokens} new tokens/turn, "

@@ -39,7 +39,7 @@ class RunConfig:
     name: str | None = None
     """Run name; default: the config file's name without extension (or 'abspo')."""
     output_root: str = "checkpoints"
-    """Folder that holds one sub-folder per run."""
+    """Folder that holds one sub-folder per run; trainer.default_root_dir is set to <output_root>/<name>."""
     checkpoint_every_n_steps: int = 20
     """Write checkpoints/last.ckpt every N optimizer steps (and at the end)."""
     export_every_n_steps: int = 0
