@@ -1,0 +1,356 @@
+"""Players for evaluation: a role loaded from an adapter folder, the bare base, or ``vanilla``; greedy turns.
+
+Evaluation compares roles that were trained in different runs (cross-play) or checks one defender against
+fixed benchmarks (safety report). Both need the same three things, kept here:
+
+* **Naming a player.** ``base`` is the base model without any adapter, ``vanilla`` is the attacker that
+  passes every seed through unchanged (the no-attack baseline), and anything else is a PEFT adapter folder
+  as written by :class:`~abspo.callbacks.AdapterExport` / :meth:`AdapterBank.export`
+  (``checkpoints/<run>/adapters/<role>``). ``label=path`` gives a player a display name.
+* **Holding several players in memory at once.** :class:`PlayerPool` loads the base once and every adapter
+  once, onto one ``PeftModel`` under distinct names (``load_adapter``), and switches between them with
+  PEFT's own ``set_adapter`` / ``disable_adapter``. The trainer's :class:`~abspo.bank.AdapterBank` avoids
+  those calls because they flip ``requires_grad``; evaluation never trains, so the side effect is harmless
+  here, and loading through PEFT checks the exported folders exactly the way a user of them would. A
+  checkpoint's ``adapter_config.json`` names its base loosely (a hub id, a cache folder, nothing for the
+  random test model), so the real compatibility check is structural: after loading, every tensor in the
+  adapter file must have landed on a LoRA weight of the same shape, and every LoRA weight of the
+  adapter must have come from the file. A differing base *name* only warns.
+* **Playing turns deterministically.** Evaluation decodes greedily (temperature 0), in batches of prompts
+  of similar length (sorting by length cuts padding, which dominates CPU time with long jailbreak
+  templates), through :func:`abspo.rollout.generate`, with the prompt templates and parsing of
+  :mod:`abspo.game`, so an evaluated role sees exactly the text format it was trained on.
+
+It also holds :func:`atomic_write`, shared by the report writers: a report folder never holds a
+half-written file, even if a long run is interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+
+from abspo.errors import ConfigError
+from abspo.game import GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
+from abspo.models import BaseModel, load_base
+from abspo.rollout import generate
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+VANILLA = "vanilla"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+# -- naming players ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlayerSpec:
+    """One player: ``vanilla`` (attackers only), ``base``, or a PEFT adapter folder."""
+
+    label: str
+    """Display name in reports and matrices."""
+    kind: Literal["vanilla", "base", "adapter"]
+    path: Path | None = None
+    """The adapter folder (``kind == 'adapter'``)."""
+    key: str = ""
+    """The argument it came from, for error messages."""
+
+    @property
+    def needs_model(self) -> bool:
+        return self.kind != VANILLA
+
+    def describe(self) -> dict:
+        out: dict = {"label": self.label, "kind": self.kind}
+        if self.path is not None:
+            out["path"] = str(self.path)
+            role_file = self.path / "abspo_role.json"
+            if role_file.is_file():
+                try:
+                    out["exported_as"] = json.loads(role_file.read_text(encoding="utf-8")).get("role")
+                except (json.JSONDecodeError, AttributeError):
+                    pass
+        return out
+
+
+def parse_player(text: str, key: str, role: Literal["attacker", "defender"]) -> PlayerSpec:
+    """``'base'``, ``'vanilla'`` (attacker only), ``'path/to/adapter'`` or ``'label=path/to/adapter'``.
+
+    Raises :class:`ConfigError` naming ``key`` for a missing folder, a folder that is not a PEFT adapter,
+    or ``vanilla`` in the defender seat.
+    """
+    label, sep, rest = text.partition("=")
+    if sep and label and "/" not in label and rest:
+        text = rest
+    else:
+        label = ""
+    if text in (BASE, VANILLA):
+        if text == VANILLA and role != "attacker":
+            raise ConfigError(key, "'vanilla' is the attacker that passes seeds through unchanged; a defender has to "
+                              "answer", "use 'base' for the base model without an adapter, or an adapter folder")
+        return PlayerSpec(label or text, text, None, key)  # type: ignore[arg-type]
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ConfigError(key, f"adapter folder {text!r} does not exist",
+                          f"give a PEFT adapter folder (e.g. checkpoints/<run>/adapters/{role}), 'base'"
+                          + (" or 'vanilla'" if role == "attacker" else ""))
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(key, f"{text!r} is not a PEFT adapter folder (no {' or '.join(missing)})",
+                          "point at a folder written by abspo's adapter export or PeftModel.save_pretrained")
+    return PlayerSpec(label or default_label(path), "adapter", path.resolve(), key)
+
+
+def default_label(path: Path) -> str:
+    """``<run>/<role>`` for abspo's ``checkpoints/<run>/adapters/<role>`` layout, else the folder's name."""
+    path = path.resolve()
+    if path.parent.name == "adapters" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
+def parse_players(texts: Sequence[str], key: str, role: Literal["attacker", "defender"]) -> list[PlayerSpec]:
+    """Parse a list of players; labels must be unique (use ``label=path`` to tell folders apart)."""
+    if not texts:
+        raise ConfigError(key, f"no {role}s given", f"list at least one {role}, e.g. base")
+    specs = [parse_player(t, f"{key}[{i}]", role) for i, t in enumerate(texts)]
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.label in seen:
+            raise ConfigError(spec.key, f"the label {spec.label!r} is already used by {seen[spec.label]}",
+                              "name players apart with label=path, e.g. run1=checkpoints/run1/adapters/" + role)
+        seen[spec.label] = spec.key
+    return specs
+
+
+# -- holding players --------------------------------------------------------------------------------------
+class PlayerPool:
+    """One base model in memory with every adapter loaded once; :meth:`model_for` switches between them."""
+
+    def __init__(self, model: nn.Module, tokenizer, adapter_names: dict[Path, str] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter_names = dict(adapter_names or {})
+
+    @classmethod
+    def load(cls, base: BaseModel, specs: Sequence[PlayerSpec]) -> PlayerPool:
+        """Load ``base`` once and every distinct adapter folder among ``specs`` once."""
+        folders: dict[Path, PlayerSpec] = {}
+        for spec in specs:
+            if spec.kind == "adapter" and spec.path not in folders:
+                folders[spec.path] = spec
+        model, tokenizer = load_base(base)
+        names: dict[Path, str] = {}
+        for i, (folder, spec) in enumerate(folders.items()):
+            name = f"player{i}"
+            _warn_on_base_name(folder, base)
+            try:
+                if i == 0:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)
+                else:
+                    model.load_adapter(folder, adapter_name=name, is_trainable=False)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ConfigError(spec.key, f"adapter {str(folder)!r} does not fit base {base.name_or_path!r} "
+                                  f"({str(err).strip().splitlines()[0][:300]})",
+                                  "evaluate it on the base it was trained on (--base.name_or_path)") from None
+            check_adapter_loaded(model, folder, name, spec.key, base.name_or_path)
+            names[folder] = name
+        model.eval()
+        return cls(model, tokenizer, names)
+
+    @contextmanager
+    def model_for(self, spec: PlayerSpec) -> Iterator[nn.Module]:
+        """The model playing as ``spec``: its adapter active, or every adapter off for ``base``."""
+        if spec.kind == VANILLA:
+            raise ValueError("the vanilla attacker has no model")
+        if spec.kind == "adapter":
+            self.model.set_adapter(self.adapter_names[spec.path])  # no grads are taken: its requires_grad flip is moot
+            yield self.model
+        elif self.adapter_names:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+
+def check_adapter_loaded(model: nn.Module, folder: Path, name: str, key: str, base_name: str) -> None:
+    """Every tensor of the adapter file sits on a same-shaped LoRA weight of the model, and vice versa.
+
+    PEFT loads non-strictly: weights for modules the base lacks are dropped with a warning, and LoRA modules
+    the file does not cover silently keep their initial (zero) update. Either means another base.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+        saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    loaded = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    extra = sorted(set(saved) - set(loaded))
+    missing = sorted(set(loaded) - set(saved))
+    wrong = sorted(k for k in set(saved) & set(loaded) if saved[k] != loaded[k])
+    fix = "evaluate it on the base it was trained on (--base.name_or_path)"
+    if extra:
+        raise ConfigError(key, f"adapter {str(folder)!r} has {len(extra)} weights for modules that base "
+                          f"{base_name!r} lacks (e.g. {extra[0]})", fix)
+    if missing:
+        raise ConfigError(key, f"adapter {str(folder)!r} lacks {len(missing)} LoRA weights that base {base_name!r} "
+                          f"needs (e.g. {missing[0]})", fix)
+    if wrong:
+        raise ConfigError(key, f"adapter {str(folder)!r} has weights of the wrong shape for base {base_name!r} "
+                          f"(e.g. {wrong[0]}: {saved[wrong[0]]} vs {loaded[wrong[0]]})", fix)
+
+
+def _warn_on_base_name(folder: Path, base: BaseModel) -> None:
+    try:
+        recorded = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return
+    if recorded and Path(str(recorded)).name.lower() != Path(base.name_or_path).name.lower():
+        warnings.warn(f"adapter {folder} records base {recorded!r}, evaluating on {base.name_or_path!r}; the shapes "
+                      "are checked, but make sure it is the same model", stacklevel=3)
+
+
+# -- playing turns ----------------------------------------------------------------------------------------
+def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions of rendered ``prompts``, in the input order, ``batch_size`` prompts per call.
+
+    Batches are formed from prompts sorted longest first, so padding stays small and the largest batch runs
+    first (an out-of-memory error shows at once, not at the end).
+    """
+    if batch_size < 1:
+        raise ConfigError("batch_size", f"{batch_size} is not a positive integer", "use e.g. 16")
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts = [""] * len(prompts)
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        gen = generate(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, temperature=0.0)
+        for i, text in zip(chunk, gen.texts):
+            texts[i] = text
+        log.info("generated %d/%d", min(lo + batch_size, len(order)), len(order))
+    return texts
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What an attacker made of one seed."""
+
+    seed: str
+    prompt: str
+    """What the defender sees: the parsed ``<answer>``, or the seed itself for the vanilla attacker."""
+    output: str | None = None
+    """Raw attacker output including the prefill; None for the vanilla attacker."""
+    well_formed: bool | None = None
+
+
+def vanilla_rewrites(seeds: Sequence[str]) -> list[Rewrite]:
+    return [Rewrite(s, s) for s in seeds]
+
+
+def attacker_rewrites(model, tokenizer, seeds: Sequence[str], game: GameConfig, batch_size: int,
+                      harmful: bool = True) -> list[Rewrite]:
+    """One greedy attacker turn per seed, with the game's attacker template and prefill."""
+    prompts = [chat_prompt(tokenizer, attacker_instruction(game, s, harmful), prefill=game.attacker_prefill)
+               for s in seeds]
+    texts = generate_greedy(model, tokenizer, prompts, game.max_new_tokens_attacker, batch_size)
+    out = []
+    for seed, text in zip(seeds, texts):
+        output = game.attacker_prefill + text
+        parsed = parse_reasoning_turn(output, fallback=seed)
+        out.append(Rewrite(seed, parsed.text, output, parsed.well_formed))
+    return out
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a defender made of one prompt."""
+
+    output: str
+    """Raw completion."""
+    response: str
+    """What the judge sees: the ``<answer>`` under ``defender_reasoning``, else the stripped output."""
+    well_formed: bool | None = None
+
+
+def visible_reply(game: GameConfig, output: str) -> Reply:
+    """The part of a defender's output the judge sees (the same rule as in training)."""
+    if game.defender_reasoning:
+        parsed = parse_reasoning_turn(output)
+        return Reply(output, parsed.text, parsed.well_formed)
+    return Reply(output, output.strip())
+
+
+def defender_replies(model, tokenizer, prompts: Sequence[str], game: GameConfig, batch_size: int) -> list[Reply]:
+    """One greedy defender turn per prompt, with the game's system prompt and reasoning format."""
+    rendered = [chat_prompt(tokenizer, defender_message(game, p), game.defender_system_prompt) for p in prompts]
+    texts = generate_greedy(model, tokenizer, rendered, game.max_new_tokens_defender, batch_size)
+    return [visible_reply(game, t) for t in texts]
+
+
+class ModelDefender:
+    """A defender as a callable ``prompts -> responses``: greedy, batched, in the game's format.
+
+    ``model`` is the model itself, or a zero-argument callable returning a context manager that yields it,
+    so that a role of a live bank can be evaluated without copying it::
+
+        ModelDefender(functools.partial(module.bank.role, "defender"), module.tokenizer, module.game)
+    """
+
+    def __init__(self, model: nn.Module | Callable[[], AbstractContextManager[nn.Module]], tokenizer,
+                 game: GameConfig | None = None, batch_size: int = 16):
+        self._model = model
+        self.tokenizer = tokenizer
+        self.game = game or GameConfig()
+        self.batch_size = batch_size
+
+    def replies(self, prompts: Sequence[str]) -> list[Reply]:
+        ctx = nullcontext(self._model) if isinstance(self._model, nn.Module) else self._model()
+        with ctx as model:
+            was_training = model.training
+            model.eval()
+            try:
+                return defender_replies(model, self.tokenizer, prompts, self.game, self.batch_size)
+            finally:
+                model.train(was_training)
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        return [r.response for r in self.replies(prompts)]
+
+
+# -- writing results --------------------------------------------------------------------------------------
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def jsonl(rows: Sequence[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
