@@ -134,7 +134,7 @@ def test_checkpoint_loads_with_weights_only(finished_run):
     torch.load(finished_run / "tiny" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("subcommand", ["validate", "test"])
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
 def test_subcommands_without_a_loop_say_so(capsys, tmp_path, subcommand):
     with pytest.raises(SystemExit) as exit_info:
         main([subcommand, "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path)])

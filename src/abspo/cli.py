@@ -13,10 +13,11 @@ User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit wi
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import game_progress_bar
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
+from abspo.evaluation.players import ModelDefender
+from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, safety_report
 from abspo.module import SelfPlayModule
 
 
@@ -52,6 +55,8 @@ class RunConfig:
 class AbspoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunConfig, "run")
+        parser.add_class_arguments(SafetyProtocol, "eval")
+        parser.add_class_arguments(SafetyData, "eval_data")
 
     def run_dir(self) -> Path:
         cfg = self._get(self.config, "run")
@@ -85,9 +90,6 @@ class AbspoCLI(LightningCLI):
     def before_validate(self) -> None:
         self._not_yet("validate")
 
-    def before_test(self) -> None:
-        self._not_yet("test")
-
     def before_predict(self) -> None:
         self._not_yet("predict")
 
@@ -106,6 +108,9 @@ class AbspoCLI(LightningCLI):
                                   "resume it with --ckpt_path last, pick another --run.name, "
                                   "or pass --run.overwrite true to replace it")
             return
+        self.model.check_checkpoint(self._read_checkpoint(ckpt))
+
+    def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
             path = self.run_dir() / "checkpoints" / "last.ckpt"
             if not path.is_file():
@@ -118,11 +123,43 @@ class AbspoCLI(LightningCLI):
                 raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
                                   "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem here
             raise ConfigError("--ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})",
                               "point it at a checkpoint written by abspo") from None
-        self.model.check_checkpoint(checkpoint)
+
+    def test(self, model: SelfPlayModule, datamodule=None, ckpt_path=None, **_) -> dict:
+        """`abspo test`: the safety report of the run's defender (from --ckpt_path, else the untrained base).
+
+        Writes ``<run dir>/eval/<checkpoint name or 'base'>/report.{json,md}`` and ``exchanges.jsonl``, and
+        logs every rate to TensorBoard under ``eval/``.
+        """
+        protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
+        protocol, data = SafetyProtocol(**vars(protocol)), SafetyData(**vars(data))
+        protocol.validate()
+        items = build_items(data, protocol)  # data errors before any generation
+        label = "base"
+        if ckpt_path is not None:
+            checkpoint = self._read_checkpoint(ckpt_path)
+            model.check_checkpoint(checkpoint)
+            model.load_state_dict(checkpoint["state_dict"], strict=False)
+            label = f"step-{checkpoint['global_step']}"
+        defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, model.game,
+                                 batch_size=self._get(self.config, "data").batch_size)
+        out = self.run_dir() / "eval" / label
+        describe = {"defender": {"label": label, "checkpoint": str(ckpt_path) if ckpt_path else None},
+                    "base": asdict(model.base_cfg)}
+        report = safety_report(defender, model.judge, out, protocol, data, describe, items)
+        logger = self.trainer.logger
+        if logger is not None:
+            scalars = {}
+            for bench, entry in report["benchmarks"].items():
+                rates = {entry["metric"]: entry["rate"], **{k: v["rate"] for k, v in entry.items() if isinstance(v, dict)}}
+                scalars.update({f"eval/{bench}/{k}": v for k, v in rates.items() if v is not None})
+            logger.log_metrics(scalars, step=int(label.split("-")[1]) if label != "base" else 0)
+            logger.save()
+        print(f"safety report written to {out}/report.md")
+        return report
 
 
 # Lightning warnings that are expected for this design and would only confuse users.
