@@ -12,6 +12,7 @@ syntax (jsonargparse); ``--config file.yaml`` holds any of them; ``--help`` list
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     out = Path(kwargs["out"])
     print((out / "matrix.md").read_text(encoding="utf-8"))
-    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, heatmap.png, exchanges.jsonl, crossplay.json")
+    heatmap = json.loads((out / "crossplay.json").read_text(encoding="utf-8"))["heatmap"]
+    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, crossplay.json, "
+          + (heatmap or "no heatmap.png (pip install matplotlib)"))
 
 
 if __name__ == "__main__":
