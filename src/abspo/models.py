@@ -73,7 +73,8 @@ class BaseModel:
     name_or_path: str = "smollm2-135m-instruct"
     """Built-in name (smollm2-135m-instruct, tiny-qwen2), a local HF model folder, or a hub id (cache/online)."""
     dtype: str = "bfloat16"
-    """Base weight dtype: bfloat16 (~4x faster matmuls than float32 on recent CPUs), float16 or float32.
+    """Base weight dtype: bfloat16 (half the memory; faster where the CPU/GPU has bf16 matmuls: measure with
+    tools/bench_step.py), float16 or float32.
     LoRA weights stay in float32 whatever this is."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repo. Off unless you trust the repo."""
