@@ -23,8 +23,8 @@ from abspo.callbacks.retention import STOP_CHECKPOINT, ReasoningRetention, Reten
 from abspo.config import OptimizerConfig
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
-from abspo.evaluation.tasks import (ChoiceItem, ExactMatchTask, QAItem, Task, TaskSpec, arithmetic_items, build_task,
-                                    evaluate)
+from abspo.evaluation.tasks import (ChoiceItem, ExactMatchTask, Outcome, QAItem, Task, TaskSpec, arithmetic_items,
+                                    build_task, evaluate)
 from abspo.game import GameConfig, chat_prompt
 from abspo.judges import HeuristicJudge
 from abspo.models import load_base
@@ -212,7 +212,10 @@ def test_arithmetic_is_scored_through_the_chat_template():
     _, tok = load_base(TINY)
     task = build_task(TaskSpec("arithmetic", n=10, seed=3), max_new_tokens=32)
     right, wrong = Calculator(tok), Calculator(tok, error=1)
-    assert evaluate(task, right, tok, batch_size=4).correct == [True] * 10
+    result = evaluate(task, right, tok, batch_size=4)
+    assert result.correct == [True] * 10
+    a, op, b = re.search(r"(\d+) ([-+*]) (\d+)", task.items[0].question).groups()
+    assert result.outputs[0] == f"{a} {op} {b} = {task.items[0].target}."
     assert evaluate(task, wrong, tok, batch_size=4).score == 0.0
     assert len(right.prompts) == 10
     assert right.prompts[0] == chat_prompt(tok, task.items[0].question + " Answer with just the number.")
@@ -246,13 +249,14 @@ def test_time_budget_stops_starting_batches():
 
         def score(self, model, tokenizer, items):
             time.sleep(0.02)
-            return [True] * len(items)
+            return [Outcome(True, str(i)) for i in items]
 
     cut = evaluate(Slow(), None, None, batch_size=3, time_budget_s=0.01)
     assert cut.scored == 3 and cut.total == 10 and not cut.complete
     full = evaluate(Slow(), None, None, batch_size=3)
     assert full.scored == 10 and full.complete and full.score == 1.0
-    assert evaluate(Slow(), None, None, batch_size=3, limit=4).correct == [True] * 4
+    limited = evaluate(Slow(), None, None, batch_size=3, limit=4)
+    assert limited.correct == [True] * 4 and limited.outputs == ["0", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("lines, spec, message", [

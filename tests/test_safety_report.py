@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from abspo.errors import ConfigError
-from abspo.evaluation.safety import SafetyProtocol, SafetyData, build_items, load_templates, run_safety_report
+from abspo.evaluation.safety import (
+    SafetyData,
+    SafetyProtocol,
+    build_items,
+    load_templates,
+    run_safety_report,
+)
 from abspo.evaluation.stats import wilson_interval
 from abspo.game import GameConfig
 from abspo.judges.base import Judge, Verdict
@@ -138,6 +144,8 @@ def test_bad_input_is_a_config_error_naming_file_and_line(tmp_path, data):
     mislabelled = _jsonl(tmp_path / "m.jsonl", [{"prompt": "x", "label": "benign"}])
     with pytest.raises(ConfigError, match=r"data\.harmbench: .*m\.jsonl:1 has label 'benign'"):
         build_items(SafetyData(harmbench=mislabelled), SafetyProtocol(benchmarks=["harmbench"]))
+    with pytest.raises(ConfigError, match=r"data\.harmbench: cannot read dataset source .*unknown options \['colour'\]"):
+        build_items(SafetyData(harmbench="hf:some/dataset?colour=red"), SafetyProtocol(benchmarks=["harmbench"]))
     with pytest.raises(ConfigError, match="'vanilla' is the attacker"):
         run_safety_report(str(tmp_path / "r"), defender="vanilla", base=TINY, judge=MarkerJudge(), data=data)
     with pytest.raises(ConfigError, match="does not exist"):

@@ -18,7 +18,6 @@ import torch
 from abspo.evaluation.answers import extract_answer
 from abspo.evaluation.tasks import TASK_NAMES, ExactMatchTask, TaskSpec, build_task, evaluate
 from abspo.models import BaseModel, load_base
-from abspo.rollout import generate
 
 
 def main() -> None:
@@ -31,20 +30,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--base", default=BaseModel.name_or_path)
     parser.add_argument("--dtype", default=BaseModel.dtype)
-    parser.add_argument("--show", type=int, default=0, help="print this many outputs (exact-match tasks)")
+    parser.add_argument("--show", type=int, default=0, help="print the first SHOW items with their outputs")
     args = parser.parse_args()
 
     model, tokenizer = load_base(BaseModel(name_or_path=args.base, dtype=args.dtype))
     task = build_task(TaskSpec(args.task, args.path, args.n, args.seed), args.max_new_tokens, key="--task")
     with torch.no_grad():
         result = evaluate(task, model, tokenizer, args.batch_size)
-    if args.show and isinstance(task, ExactMatchTask):
-        # Regenerated in one batch: under bfloat16 a different batch layout can change a greedy output.
-        items = task.items[: args.show]
-        gen = generate(model, tokenizer, task.prompts(tokenizer, items), task.max_new_tokens, temperature=0.0)
-        for item, text in zip(items, gen.texts):
-            print(json.dumps({"question": item.question[:80], "target": item.target,
-                              "extracted": extract_answer(text), "output": text}))
+    for item, ok, output in list(zip(task.items, result.correct, result.outputs))[: args.show]:
+        target = getattr(item, "target", None) or item.choices[item.answer]
+        print(json.dumps({"question": item.question[:80], "target": target, "correct": ok, "output": output,
+                          "extracted": extract_answer(output) if isinstance(task, ExactMatchTask) else None}))
     print(json.dumps({"base": args.base, "dtype": args.dtype, "task": args.task, "n": result.scored,
                       "seed": args.seed, "max_new_tokens": getattr(task, "max_new_tokens", None),
                       "correct": sum(result.correct), "score": round(result.score, 4),

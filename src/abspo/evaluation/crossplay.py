@@ -261,6 +261,7 @@ def write_crossplay(out: str | Path, result: CrossplayResult, meta: dict[str, An
     return out
 
 
+# Defaults are instances (never mutated here) so that the command line shows their fields as --base.name_or_path etc.
 def run_crossplay(
     out: str,
     attackers: list[str],

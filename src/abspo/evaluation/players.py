@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors import safe_open
 from torch import nn
 
 from abspo.errors import ConfigError
@@ -156,8 +158,6 @@ class PlayerPool:
             _warn_on_base_name(folder, base)
             try:
                 if i == 0:
-                    from peft import PeftModel
-
                     model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)
                 else:
                     model.load_adapter(folder, adapter_name=name, is_trainable=False)
@@ -191,9 +191,6 @@ def check_adapter_loaded(model: nn.Module, folder: Path, name: str, key: str, ba
     PEFT loads non-strictly: weights for modules the base lacks are dropped with a warning, and LoRA modules
     the file does not cover silently keep their initial (zero) update. Either means another base.
     """
-    from peft import get_peft_model_state_dict
-    from safetensors import safe_open
-
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
         saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     loaded = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}

@@ -59,6 +59,7 @@ from abspo.data import read_seed_file
 from abspo.errors import ConfigError
 from abspo.evaluation.players import ModelDefender, PlayerPool, atomic_write, file_sha256, jsonl, parse_player
 from abspo.evaluation.stats import Proportion, proportion
+from abspo.evaluation.tasks import read_jsonl
 from abspo.game import GameConfig
 from abspo.judges.base import Judge, Verdict
 from abspo.models import BaseModel
@@ -140,7 +141,8 @@ class SafetyProtocol:
         for key in ("limit", "templates", "behaviours"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer", "use e.g. 30" + (" or null" if key == "limit" else ""))
+                raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer",
+                                  "use e.g. 30" + (" or null" if key == "limit" else ""))
         if self.judge_on not in ("request", "prompt"):
             raise ConfigError("protocol.judge_on", f"unknown value {self.judge_on!r}", "use 'request' or 'prompt'")
 
@@ -208,27 +210,15 @@ def load_templates(source: str, key: str) -> list[Template]:
         rows = [(i + 1, {"template": t, "name": f"{source}#{i}"}) for i, t in enumerate(texts)]
         where = "row"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(key, f"template file {source!r} does not exist",
-                              "point it at a JSONL file of {\"template\": ..., \"name\": ...} lines")
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ConfigError(key, f"{path}:{number} is not valid JSON ({err.msg})",
-                                      "fix or remove that line; each line must be one JSON object") from None
-        where = str(path)
+        rows = read_jsonl(source, key, 'jailbreak template {"template": "... {prompt} ...", "name": ...}')
+        where = str(Path(source))
     templates, names = [], set()
     for number, row in rows:
-        text = row.get("template") if isinstance(row, dict) else None
+        text = row.get("template")
         if not isinstance(text, str) or text.count("{prompt}") != 1:
+            found = f"it holds {text.count('{prompt}')}" if isinstance(text, str) else "no string 'template' field"
             raise ConfigError(key, f"{where}:{number} needs a string field 'template' holding the literal {{prompt}} "
-                              f"exactly once (found {text.count('{prompt}') if isinstance(text, str) else 'no template'})",
+                              f"exactly once ({found})",
                               "mark the one place where the request goes with {prompt}")
         name = str(row.get("name") or f"line{number}")
         if name in names:
@@ -269,7 +259,8 @@ def build_items(data: SafetyData, cfg: SafetyProtocol) -> list[Item]:
             requests, harmful = load_requests(data.overrefusal, "data.overrefusal", "benign"), False
         else:
             requests, harmful = load_requests(data.benign, "data.benign", "benign"), False
-        items += [Item(bench, requests[i], requests[i], harmful) for i in seeded_sample(len(requests), cfg.limit, bench, cfg.seed)]
+        chosen = seeded_sample(len(requests), cfg.limit, bench, cfg.seed)
+        items += [Item(bench, requests[i], requests[i], harmful) for i in chosen]
     return items
 
 
@@ -389,6 +380,7 @@ def safety_report(defender: Callable[[list[str]], list[str]], judge: Judge, out:
     return report
 
 
+# Defaults are instances (never mutated here) so that the command line shows their fields as --base.name_or_path etc.
 def run_safety_report(
     out: str,
     defender: str = "base",

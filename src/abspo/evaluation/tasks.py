@@ -81,8 +81,15 @@ class ChoiceItem:
     """0-based index of the right choice."""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    correct: bool
+    output: str
+    """What the model answered: its generated text, or the choice it ranked first."""
+
+
 class Task(ABC):
-    """A fixed list of items and a batched scorer: one correct/incorrect per item."""
+    """A fixed list of items and a batched scorer: one outcome per item."""
 
     name: str
     items: Sequence
@@ -91,8 +98,8 @@ class Task(ABC):
         return len(self.items)
 
     @abstractmethod
-    def score(self, model, tokenizer, items: Sequence) -> list[bool]:
-        """Whether ``model`` gets each item right (``model`` in eval mode, routed to the role to score)."""
+    def score(self, model, tokenizer, items: Sequence) -> list[Outcome]:
+        """Whether ``model`` gets each item right, and what it answered (``model`` in eval mode, routed)."""
 
 
 class ExactMatchTask(Task):
@@ -104,9 +111,9 @@ class ExactMatchTask(Task):
     def prompts(self, tokenizer, items: Sequence[QAItem]) -> list[str]:
         return [chat_prompt(tokenizer, item.question + self.instruction) for item in items]
 
-    def score(self, model, tokenizer, items: Sequence[QAItem]) -> list[bool]:
+    def score(self, model, tokenizer, items: Sequence[QAItem]) -> list[Outcome]:
         gen = generate(model, tokenizer, self.prompts(tokenizer, items), self.max_new_tokens, temperature=0.0)
-        return [is_correct(text, item.target) for text, item in zip(gen.texts, items)]
+        return [Outcome(is_correct(text, item.target), text) for text, item in zip(gen.texts, items)]
 
 
 class MultipleChoiceTask(Task):
@@ -136,16 +143,20 @@ class MultipleChoiceTask(Task):
             out[owner].append(total / len(completion) if self.normalise == "mean" else total)
         return out
 
-    def score(self, model, tokenizer, items: Sequence[ChoiceItem]) -> list[bool]:
-        scores = self.choice_logprobs(model, tokenizer, items)
-        return [max(range(len(s)), key=s.__getitem__) == item.answer for s, item in zip(scores, items)]
+    def score(self, model, tokenizer, items: Sequence[ChoiceItem]) -> list[Outcome]:
+        outcomes = []
+        for scores, item in zip(self.choice_logprobs(model, tokenizer, items), items):
+            best = max(range(len(scores)), key=scores.__getitem__)
+            outcomes.append(Outcome(best == item.answer, item.choices[best]))
+        return outcomes
 
 
 @dataclass
 class EvalResult:
-    """Per-item correctness of the items scored (in task order), and how long it took."""
+    """Per-item correctness and output of the items scored (in task order), and how long it took."""
 
     correct: list[bool] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
     total: int = 0
     """Items the task has; ``len(correct)`` is less when the time budget ran out."""
     seconds: float = 0.0
@@ -176,7 +187,9 @@ def evaluate(task: Task, model, tokenizer, batch_size: int = 8, time_budget_s: f
     for lo in range(0, len(items), batch_size):
         if lo and time_budget_s is not None and time.perf_counter() - start > time_budget_s:
             break
-        result.correct += task.score(model, tokenizer, items[lo:lo + batch_size])
+        for outcome in task.score(model, tokenizer, items[lo:lo + batch_size]):
+            result.correct.append(outcome.correct)
+            result.outputs.append(outcome.output)
     result.seconds = time.perf_counter() - start
     return result
 
