@@ -19,6 +19,10 @@ from abspo.evaluation.answers import extract_answer, is_correct, normalise, pars
     ("First \\boxed{3}, then corrected: \\boxed{4}", 4),                  # last boxed
     ("Answer: 7 apples, because 3 + 4 = 7.\n Then 8 more.", 7),
     ("**Answer:** 19", 19),
+    ("The final answer is 40.\nThe answer is 30 + 10 = 40.", 40),      # an equation: the value after its last '='
+    ("The answer is 5. Because 2 + 2 = 4, not 5.", 5),                  # ... but only within the marker's sentence
+    ("Answer: 5 + 3 = 8", 8),
+    ("#### 5 + 3 = 8", 5),                                              # '####' is followed by the number itself
     ("The final answer is: $\\boxed{\\$12.50}$", 12.5),
     ("The answer is below.\n10 + 5 = 15", 15),                            # a marker without a number is skipped
     ("I think the answer is\n\n 9", 9),                                   # ... and so is one whose line has none

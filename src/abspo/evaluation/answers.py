@@ -14,8 +14,10 @@ occurrence counts, because models restate the question before answering it):
 4. ``answer: N`` (also ``**Answer:** N``);
 5. otherwise the last number anywhere in the text.
 
-For the marker rules, N is the first number in the rest of the line after the marker; a marker with no
-number on its line is skipped. Numbers may carry thousands separators (``1,234``, LaTeX ``1{,}234`` /
+For ``####``, N is the first number on the rest of its line. For the other markers N is read from the rest
+of the *sentence* (up to a full stop followed by a space, or the end of the line): the number after its last
+``=`` if it has one ("The answer is 30 + 10 = 40." is 40), else its first number. A marker with no number
+there is skipped. Numbers may carry thousands separators (``1,234``, LaTeX ``1{,}234`` /
 ``1\\,234``), a currency sign (``$5``, ``\\$5``, ``-$5``), a percent sign, a sign (``-7``, Unicode ``−7``),
 decimals (``3.5``, ``.5``), a trailing full stop or a unit (``42.``, ``5km``); LaTeX fractions
 ``\\frac{a}{b}`` become a/b. Not supported (on purpose, GSM8K never needs them): plain ``a/b`` fractions,
@@ -43,6 +45,7 @@ _ANSWER_COLON = re.compile(r"\banswer\b\W{0,3}?\s*[:=]\s*\**", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")
 _DIGIT_SPACE = re.compile(r"(?<=\d)(?:\\,|\\!|\\;|\\ |~|\{,\})(?=\d)")
 
 
@@ -78,13 +81,27 @@ def _numbers(text: str) -> list[float]:
     return out
 
 
-def _after_last(pattern: re.Pattern[str], text: str) -> float | None:
-    """First number on the line after the last occurrence of ``pattern`` that has one."""
+def _first_number(line: str) -> float | None:
+    numbers = _numbers(line)
+    return numbers[0] if numbers else None
+
+
+def _sentence_value(segment: str) -> float | None:
+    """The value a marker introduces: the number after the sentence's last '=', else its first number."""
+    sentence = _SENTENCE_END.split(segment, maxsplit=1)[0]
+    if "=" in sentence:
+        value = _first_number(sentence.rsplit("=", 1)[1])
+        if value is not None:
+            return value
+    return _first_number(sentence)
+
+
+def _after_last(pattern: re.Pattern[str], text: str, read=_sentence_value) -> float | None:
+    """The value after the last occurrence of ``pattern`` that is followed by one (``read`` from the rest of the line)."""
     for match in reversed(list(pattern.finditer(text))):
-        line = text[match.end():].split("\n", 1)[0]
-        numbers = _numbers(line)
-        if numbers:
-            return numbers[0]
+        value = read(text[match.end():].split("\n", 1)[0])
+        if value is not None:
+            return value
     return None
 
 
@@ -103,14 +120,15 @@ def _boxed_contents(text: str) -> list[str]:
 def extract_answer(text: str) -> float | None:
     """The final numeric answer of a worked solution (rules in the module docstring), or None."""
     text = normalise(text)
-    for pattern in (_HASHES, _ANSWER_IS):
-        value = _after_last(pattern, text)
+    value = _after_last(_HASHES, text, read=_first_number)
+    if value is None:
+        value = _after_last(_ANSWER_IS, text)
+    if value is not None:
+        return value
+    for content in reversed(_boxed_contents(text)):
+        value = _sentence_value(content)
         if value is not None:
             return value
-    for content in reversed(_boxed_contents(text)):
-        numbers = _numbers(content)
-        if numbers:
-            return numbers[0]
     value = _after_last(_ANSWER_COLON, text)
     if value is not None:
         return value
