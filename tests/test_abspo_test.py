@@ -26,3 +26,14 @@ def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
     exchanges = [json.loads(line) for line in (out / "exchanges.jsonl").read_text().splitlines()]
     assert len(exchanges) == sum(b["prompts"] for b in report["benchmarks"].values()) == 2 + 2 + 2 + 2
     assert "attack_success_rate" in (out / "report.md").read_text()
+
+
+def test_bad_eval_setting_names_the_eval_key(tmp_path, capsys):
+    import pytest
+
+    from abspo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--eval.benchmarks", "[nope]"])
+    assert exit_info.value.code == 2
+    assert "eval.benchmarks" in capsys.readouterr().err

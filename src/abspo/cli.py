@@ -136,8 +136,11 @@ class AbspoCLI(LightningCLI):
         """
         protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
         protocol, data = SafetyProtocol(**vars(protocol)), SafetyData(**vars(data))
-        protocol.validate()
-        items = build_items(data, protocol)  # data errors before any generation
+        try:
+            protocol.validate()
+            items = build_items(data, protocol)  # data errors before any generation
+        except ConfigError as err:  # the engine names its settings protocol.*; here they are --eval.*
+            raise ConfigError(err.key.replace("protocol.", "eval.", 1), err.problem, err.fix) from None
         label = "base"
         if ckpt_path is not None:
             checkpoint = self._read_checkpoint(ckpt_path)
