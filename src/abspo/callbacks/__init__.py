@@ -1,5 +1,7 @@
 """Callbacks that plug into the self-play loop (see docs/callbacks.md)."""
 
 from abspo.callbacks.export import AdapterExport
+from abspo.callbacks.retention import ReasoningRetention
+from abspo.callbacks.samples import GameSamplesPage
 
-__all__ = ["AdapterExport"]
+__all__ = ["AdapterExport", "GameSamplesPage", "ReasoningRetention"]
