@@ -8,7 +8,6 @@ would have seen.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from abspo.errors import ConfigError
+from abspo.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -35,30 +35,16 @@ class SeedBatch:
 
 def read_seed_file(path: str | Path, key: str, expect_label: str | None = None) -> list[Seed]:
     """Read a JSONL seed file (``prompt``, optional ``label``/``source``), naming file and line on bad input."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(key, f"seed file {str(path)!r} does not exist",
-                          "point it at a JSONL file with one {\"prompt\": ...} object per line")
     seeds = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(key, f"{path}:{number} is not valid JSON ({err.msg})",
-                                  "fix or remove that line; each line must be one JSON object") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ConfigError(key, f"{path}:{number} has no non-empty string field 'prompt'",
-                                  "give every line a \"prompt\" field")
-            label = row.get("label", expect_label)
-            if expect_label is not None and label != expect_label:
-                raise ConfigError(key, f"{path}:{number} has label {label!r} in a {expect_label} seed list",
-                                  f"move the line to the right list or set its label to {expect_label!r}")
-            seeds.append(Seed(row["prompt"], label == "harmful", str(row.get("source", ""))))
-    if not seeds:
-        raise ConfigError(key, f"seed file {str(path)!r} is empty", "add seed lines or remove the file from the list")
+    for number, row in read_jsonl(path, key, '{"prompt": ...} object'):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ConfigError(key, f"{path}:{number} has no non-empty string field 'prompt'",
+                              "give every line a \"prompt\" field")
+        label = row.get("label", expect_label)
+        if expect_label is not None and label != expect_label:
+            raise ConfigError(key, f"{path}:{number} has label {label!r} in a {expect_label} seed list",
+                              f"move the line to the right list or set its label to {expect_label!r}")
+        seeds.append(Seed(row["prompt"], label == "harmful", str(row.get("source", ""))))
     return seeds
 
 

@@ -59,7 +59,7 @@ from abspo.data import read_seed_file
 from abspo.errors import ConfigError
 from abspo.evaluation.players import ModelDefender, PlayerPool, atomic_write, file_sha256, jsonl, parse_player
 from abspo.evaluation.stats import Proportion, proportion
-from abspo.evaluation.tasks import read_jsonl
+from abspo.jsonl import read_jsonl
 from abspo.game import GameConfig
 from abspo.judges.base import Judge, Verdict
 from abspo.models import BaseModel

@@ -24,7 +24,6 @@ choice. Bad files raise :class:`~abspo.errors.ConfigError` naming the config key
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +35,7 @@ from typing import Literal
 import torch
 
 from abspo.errors import ConfigError
+from abspo.jsonl import read_jsonl
 from abspo.evaluation.answers import is_correct, parse_number
 from abspo.game import chat_prompt
 from abspo.rollout import build_scoring_batch, completion_logprobs, generate
@@ -247,29 +247,6 @@ def arithmetic_items(n: int, seed: int) -> list[QAItem]:
             a, b = rng.randint(2, 12), rng.randint(2, 9)
             items.append(QAItem(f"What is {a} * {b}?", str(a * b)))
     return items
-
-
-def read_jsonl(path: str | Path, key: str, what: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a missing file or a bad line is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(key, f"file {str(path)!r} does not exist", f"point it at a JSONL file with one {what} per line")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(key, f"{path}:{number} is not valid JSON ({err.msg})",
-                                  "fix or remove that line; each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise ConfigError(key, f"{path}:{number} is not a JSON object", f"write one {what} per line")
-            rows.append((number, row))
-    if not rows:
-        raise ConfigError(key, f"file {str(path)!r} is empty", f"add one {what} per line")
-    return rows
 
 
 def _text_field(row: dict, name: str, where: str, key: str) -> str:
