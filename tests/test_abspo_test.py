@@ -1,15 +1,20 @@
-"""`abspo test`: the safety report of a run's defender, from its checkpoint, through the CLI."""
+"""`abspo test`: the safety report of a run's defender, from its checkpoint or an adapter folder, through the CLI."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
 
-from abspo.cli import cli_main
+from abspo.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.cli import cli_main, main
+from abspo.models import load_base
+from tests.conftest import TINY, perturb, tiny_bank
 
-SMALL = ["--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2",
-         "--model.game.max_new_tokens_defender", "8"]
+SMALL = ["--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2", "--eval.max_new_tokens", "8"]
 
 
 def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
@@ -26,6 +31,13 @@ def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
     exchanges = [json.loads(line) for line in (out / "exchanges.jsonl").read_text().splitlines()]
     assert len(exchanges) == sum(b["prompts"] for b in report["benchmarks"].values()) == 2 + 2 + 2 + 2
     assert "attack_success_rate" in (out / "report.md").read_text()
+    assert report["generation"]["max_new_tokens"] == 8  # --eval.max_new_tokens, not the training game's 16
+    for bench, entry in report["benchmarks"].items():  # the figures recount from the recorded verdicts
+        rows = [e for e in exchanges if e["benchmark"] == bench]
+        label, positive = ("response_harmful", True) if entry["metric"] == "attack_success_rate" else (
+            "refusal", entry["metric"] == "over_refusal_rate")
+        assert entry["count"] == sum(e[label] is positive for e in rows), bench
+        assert entry["labelled"] == sum(e[label] is not None for e in rows), bench
 
 
 def test_bad_eval_setting_names_the_eval_key(tmp_path, capsys):
@@ -37,3 +49,34 @@ def test_bad_eval_setting_names_the_eval_key(tmp_path, capsys):
         main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--eval.benchmarks", "[nope]"])
     assert exit_info.value.code == 2
     assert "eval.benchmarks" in capsys.readouterr().err
+
+
+def test_abspo_test_evaluates_an_adapter_folder(tmp_path):
+    bank, _ = tiny_bank(r=4)  # the spec of configs/tiny.yaml: r 4, alpha 8
+    perturb(bank.adapter_parameters("defender"), seed=5)
+    folder = bank.export("defender", tmp_path / "other" / "adapters" / "defender")
+    saved = load_file(folder / "adapter_model.safetensors")
+    for given in (folder, folder.parent):  # the role's folder, or the run's adapters/ folder above it
+        cli = cli_main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path / "runs"),
+                        "--ckpt_path", str(given), *SMALL])
+        loaded = get_peft_model_state_dict(cli.model.bank.model, adapter_name="defender")
+        assert loaded.keys() == saved.keys()
+        assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+        attacker_b = [p for n, p in cli.model.bank.model.named_parameters() if "lora_B.attacker" in n]
+        assert attacker_b and all(not p.any() for p in attacker_b), "only the defender is loaded"
+    report = json.loads((tmp_path / "runs" / "tiny" / "eval" / "adapter-other" / "report.json").read_text())
+    assert report["defender"] == {"label": "adapter-other", "adapter": str(folder.resolve())}
+
+
+@pytest.mark.parametrize(("r", "alpha", "problem"), [(2, 4.0, "wrong shape"), (4, 4.0, "lora_alpha=4.0")])
+def test_abspo_test_refuses_an_adapter_of_another_spec(tmp_path, capsys, r, alpha, problem):
+    base, _ = load_base(TINY)
+    bank = AdapterBank(base, BankSpec(adapters={"attacker": LoraSpec(r=r, alpha=alpha), "defender": LoraSpec(r=r, alpha=alpha)}))
+    folder = bank.export("defender", tmp_path / "other" / "defender")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path / "runs"),
+              "--ckpt_path", str(folder), *SMALL])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("abspo: error: --ckpt_path: ") and problem in err
+    assert not (tmp_path / "runs" / "tiny" / "eval").exists(), "a refused evaluation writes no report"

@@ -135,8 +135,9 @@ def test_checkpoint_loads_with_weights_only(finished_run):
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])
-def test_subcommands_without_a_loop_say_so(capsys, tmp_path, subcommand):
+def test_subcommands_without_a_loop_are_not_offered(capsys, tmp_path, subcommand):
     with pytest.raises(SystemExit) as exit_info:
         main([subcommand, "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert f"abspo {subcommand}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert subcommand in err and "fit" in err and "test" in err  # argparse names the valid choices

@@ -193,23 +193,19 @@ def test_bad_players_are_config_errors(tmp_path, adapters):
                       protocol=CrossplayProtocol(n_seeds=0))
 
 
-def test_tool_writes_the_matrix(tmp_path, capsys):
-    import importlib.util
+def test_abspo_crossplay_writes_the_matrix(tmp_path, capsys):
+    from abspo.cli import main
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "crossplay.py"
-    spec = importlib.util.spec_from_file_location("crossplay_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     seeds_file = tmp_path / "seeds.jsonl"
     seeds_file.write_text("".join(json.dumps({"prompt": s, "label": "harmful"}) + "\n" for s in SEEDS))
     out = tmp_path / "cli"
-    tool.main(["--out", str(out), "--attackers", "[vanilla, base]", "--defenders", "[base]",
-               "--base.name_or_path", "tiny-qwen2", "--base.dtype", "float32", "--judge", "tests.test_crossplay.CrcJudge",
-               "--protocol.seeds", str(seeds_file), "--protocol.n_seeds", "2",
-               "--game.max_new_tokens_attacker", "4", "--game.max_new_tokens_defender", "3"])
+    main(["crossplay", "--out", str(out), "--attackers", "[vanilla, base]", "--defenders", "[base]",
+          "--base.name_or_path", "tiny-qwen2", "--base.dtype", "float32", "--judge", "tests.test_crossplay.CrcJudge",
+          "--protocol.seeds", str(seeds_file), "--protocol.n_seeds", "2",
+          "--game.max_new_tokens_attacker", "4", "--game.max_new_tokens_defender", "3"])
     summary = json.loads((out / "crossplay.json").read_text())
     assert summary["attackers"] == ["vanilla", "base"] and summary["seeds"] == 2
     assert "| vanilla |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        tool.main(["--out", str(out), "--attackers", "[vanilla]", "--defenders", "[vanilla]"])
+        main(["crossplay", "--out", str(out), "--attackers", "[vanilla]", "--defenders", "[vanilla]"])
     assert exit_info.value.code == 2 and "defenders[0]: 'vanilla'" in capsys.readouterr().err

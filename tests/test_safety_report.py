@@ -7,12 +7,12 @@ figure below is counted by hand from the data files written in this test; the ti
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from abspo.cli import main
 from abspo.errors import ConfigError
 from abspo.evaluation.safety import (
     SafetyData,
@@ -73,9 +73,9 @@ def test_report_matches_hand_count(tmp_path, data):
     perturb(bank.adapter_parameters("defender"), seed=3)
     adapter = bank.export("defender", tmp_path / "run" / "adapters" / "defender")
     judge = MarkerJudge()
-    protocol = SafetyProtocol(limit=None, templates=2, behaviours=4, seed=0)
+    protocol = SafetyProtocol(limit=None, templates=2, behaviours=4, seed=0, max_new_tokens=4)
     report = run_safety_report(str(tmp_path / "report"), defender=str(adapter), base=TINY, judge=judge, protocol=protocol,
-                               data=data, game=GameConfig(max_new_tokens_defender=4), batch_size=5)
+                               data=data, game=GameConfig(max_new_tokens_defender=99), batch_size=5)
 
     # Hand count (request markers): harmbench 4 items -> harm 2, refuse 1, unl 1; jailbreak = 2 templates x the
     # same 4; overrefusal: refuse 1, plain 1, unl 1; benign: plain 2, refuse 1.
@@ -96,6 +96,7 @@ def test_report_matches_hand_count(tmp_path, data):
     assert (refusal["count"], refusal["labelled"], refusal["unlabelled"]) == (2, 6, 2)
     assert report["defender"]["kind"] == "adapter" and report["defender"]["label"] == "run/defender"
     assert report["defender"]["exported_as"] == "defender"
+    assert report["generation"]["max_new_tokens"] == 4  # the protocol sets the answer length, not the game
     assert set(report["data"]) == {"harmbench", "jailbreak_templates", "overrefusal", "benign"}
     assert all(len(d["sha256"]) == 64 for d in report["data"].values())
 
@@ -152,20 +153,17 @@ def test_bad_input_is_a_config_error_naming_file_and_line(tmp_path, data):
         run_safety_report(str(tmp_path / "r"), defender=str(tmp_path / "nope"), base=TINY, judge=MarkerJudge(), data=data)
 
 
-def test_tool_runs_with_a_class_path_judge(tmp_path, data, capsys):
-    spec = importlib.util.spec_from_file_location("safety_report_tool", ROOT / "tools" / "safety_report.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_abspo_safety_report_runs_with_a_class_path_judge(tmp_path, data, capsys):
     out = tmp_path / "cli"
-    tool.main(["--out", str(out), "--base.name_or_path", "tiny-qwen2", "--base.dtype", "float32",
-               "--judge", "tests.test_safety_report.MarkerJudge", "--protocol.benchmarks", "[harmbench, benign]",
-               "--data.harmbench", data.harmbench, "--data.benign", data.benign,
-               "--game.max_new_tokens_defender", "3"])
+    main(["safety-report", "--out", str(out), "--base.name_or_path", "tiny-qwen2", "--base.dtype", "float32",
+          "--judge", "tests.test_safety_report.MarkerJudge", "--protocol.benchmarks", "[harmbench, benign]",
+          "--data.harmbench", data.harmbench, "--data.benign", data.benign, "--protocol.max_new_tokens", "3"])
     report = json.loads((out / "report.json").read_text())
     assert list(report["benchmarks"]) == ["harmbench", "benign"]
     assert report["benchmarks"]["harmbench"]["count"] == 2 and report["defender"]["kind"] == "base"
+    assert report["generation"]["max_new_tokens"] == 3
     assert "attack_success_rate" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:  # ConfigError: message, status 2, no traceback
-        tool.main(["--out", str(out), "--defender", "vanilla", "--base.name_or_path", "tiny-qwen2"])
+        main(["safety-report", "--out", str(out), "--defender", "vanilla", "--base.name_or_path", "tiny-qwen2"])
     assert exit_info.value.code == 2
     assert "'vanilla' is the attacker" in capsys.readouterr().err

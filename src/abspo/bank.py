@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from abspo.errors import ConfigError
@@ -195,6 +196,31 @@ class AdapterBank(nn.Module):
                 shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
+    def load(self, role: str, folder: str | Path, key: str = "adapter") -> None:
+        """Load a PEFT adapter folder (as :meth:`export` writes it) into ``role``'s adapter, in place.
+
+        The folder must match the adapter's spec: every saved tensor lands on a LoRA weight of the same shape,
+        every LoRA weight is covered, and the scaling (``lora_alpha``, rsLoRA) is the same, since a different
+        alpha would silently rescale the update. Nothing is changed when a check fails.
+        """
+        adapter = self.adapter_for(role)
+        folder = Path(folder)
+        try:
+            saved_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(key, f"cannot read {folder / 'adapter_config.json'} ({type(err).__name__})",
+                              "point at a PEFT adapter folder, e.g. checkpoints/<run>/adapters/" + role) from None
+        check_adapter_fits(self.model, folder, adapter, key, f"this run's {role} adapter",
+                           f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with")
+        spec = self.model.peft_config[adapter]
+        for field_name, ours in (("lora_alpha", spec.lora_alpha), ("use_rslora", spec.use_rslora)):
+            if saved_config.get(field_name, ours) != ours:
+                raise ConfigError(key, f"adapter {str(folder)!r} has {field_name}={saved_config.get(field_name)!r}, "
+                                  f"this run's {role} adapter {field_name}={ours!r}",
+                                  f"set model.bank.adapters.{adapter} to the spec the adapter was trained with")
+        state = load_file(str(folder / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+
     def _check_targets(self, base: nn.Module, spec: BankSpec) -> None:
         module_names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         for adapter, lora in spec.adapters.items():
@@ -206,3 +232,28 @@ class AdapterBank(nn.Module):
                 raise ConfigError(f"model.bank.adapters.{adapter}.target_modules",
                                   f"the base model has no module named {missing}",
                                   f"use names from {linear}, or 'all-linear'")
+
+
+def check_adapter_fits(model: PeftModel, folder: Path, adapter: str, key: str, base_name: str,
+                       fix: str = "use it with the base and LoRA spec it was trained with") -> None:
+    """Every tensor of ``folder``'s adapter file matches a same-shaped LoRA weight of ``adapter``, and vice versa.
+
+    PEFT loads non-strictly: weights for modules the base lacks are dropped with a warning, and LoRA modules
+    the file does not cover silently keep their initial (zero) update. Either means another base (or another
+    LoRA spec), so both are refused with ``key`` named.
+    """
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+        saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=adapter).items()}
+    extra = sorted(set(saved) - set(expected))
+    missing = sorted(set(expected) - set(saved))
+    wrong = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+    if extra:
+        raise ConfigError(key, f"adapter {str(folder)!r} has {len(extra)} weights for modules that {base_name} "
+                          f"lacks (e.g. {extra[0]})", fix)
+    if missing:
+        raise ConfigError(key, f"adapter {str(folder)!r} lacks {len(missing)} LoRA weights that {base_name} needs "
+                          f"(e.g. {missing[0]})", fix)
+    if wrong:
+        raise ConfigError(key, f"adapter {str(folder)!r} has weights of the wrong shape for {base_name} "
+                          f"(e.g. {wrong[0]}: {saved[wrong[0]]} vs {expected[wrong[0]]})", fix)

@@ -1,4 +1,4 @@
-"""``abspo fit|validate|test``: the LightningCLI entry point.
+"""The ``abspo`` command: ``fit`` and ``test`` through LightningCLI, ``crossplay`` and ``safety-report`` beside it.
 
 Every run lives in one stable folder, ``<run.output_root>/<run.name>/`` (the name defaults to the config
 file's stem), so that re-running the same command with ``--ckpt_path last`` resumes it:
@@ -8,21 +8,32 @@ file's stem), so that re-running the same command with ``--ckpt_path last`` resu
 * ``adapters/<role>/``: each role as a PEFT folder
 * ``config.yaml``: the full resolved config
 
+``abspo crossplay`` and ``abspo safety-report`` evaluate adapter folders from any run, so they take no training
+config: each is a function (:func:`~abspo.evaluation.crossplay.run_crossplay`,
+:func:`~abspo.evaluation.safety.run_safety_report`) whose signature and docstring are its options and ``--help``
+(:func:`run_function_command`, one parser for both).
+
 User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit with status 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
+import logging
 import os
-import warnings
 import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -30,8 +41,17 @@ from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import game_progress_bar
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
-from abspo.evaluation.players import ModelDefender
-from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, safety_report
+from abspo.evaluation.crossplay import run_crossplay
+from abspo.evaluation.players import ModelDefender, parse_player
+from abspo.evaluation.safety import (
+    SafetyData,
+    SafetyProtocol,
+    build_items,
+    evaluation_game,
+    render_markdown,
+    run_safety_report,
+    safety_report,
+)
 from abspo.module import SelfPlayModule
 
 
@@ -87,15 +107,10 @@ class AbspoCLI(LightningCLI):
             callbacks.append(game_progress_bar())
         return super()._instantiate_trainer(config, callbacks)
 
-    def before_validate(self) -> None:
-        self._not_yet("validate")
-
-    def before_predict(self) -> None:
-        self._not_yet("predict")
-
-    def _not_yet(self, subcommand: str) -> None:
-        raise ConfigError(f"abspo {subcommand}", "this subcommand has no evaluation loop in this release",
-                          "train with `abspo fit`; load the exported adapters/<role>/ folders with PEFT to evaluate")
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``test`` only: Lightning's ``validate``/``predict`` loops have nothing to run in a game."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "test")}
 
     def before_fit(self) -> None:
         """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
@@ -129,10 +144,12 @@ class AbspoCLI(LightningCLI):
                               "point it at a checkpoint written by abspo") from None
 
     def test(self, model: SelfPlayModule, datamodule=None, ckpt_path=None, **_) -> dict:
-        """`abspo test`: the safety report of the run's defender (from --ckpt_path, else the untrained base).
+        """`abspo test`: the safety report of the run's defender.
 
-        Writes ``<run dir>/eval/<checkpoint name or 'base'>/report.{json,md}`` and ``exchanges.jsonl``, and
-        logs every rate to TensorBoard under ``eval/``.
+        ``--ckpt_path`` picks the defender: a checkpoint (``last`` or a ``.ckpt`` file), a PEFT adapter folder
+        (``checkpoints/<run>/adapters/defender``, or the ``adapters`` folder above it), or nothing for the
+        untrained base. Writes ``<run dir>/eval/<step-N | adapter-<name> | base>/report.{json,md}`` and
+        ``exchanges.jsonl``, and logs every rate to TensorBoard under ``eval/``.
         """
         protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
         protocol, data = SafetyProtocol(**vars(protocol)), SafetyData(**vars(data))
@@ -140,18 +157,17 @@ class AbspoCLI(LightningCLI):
             protocol.validate()
             items = build_items(data, protocol)  # data errors before any generation
         except ConfigError as err:  # the engine names its settings protocol.*; here they are --eval.*
-            raise ConfigError(err.key.replace("protocol.", "eval.", 1), err.problem, err.fix) from None
-        label = "base"
-        if ckpt_path is not None:
-            checkpoint = self._read_checkpoint(ckpt_path)
-            model.check_checkpoint(checkpoint)
-            model.load_state_dict(checkpoint["state_dict"], strict=False)
-            label = f"step-{checkpoint['global_step']}"
-        defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, model.game,
+            raise ConfigError(err.key.replace("protocol.", "eval.", 1).replace("data.", "eval_data.", 1),
+                              err.problem, err.fix) from None
+        label, step, source = self._load_defender(model, ckpt_path)
+        game = evaluation_game(model.game, protocol)
+        defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, game,
                                  batch_size=self._get(self.config, "data").batch_size)
         out = self.run_dir() / "eval" / label
-        describe = {"defender": {"label": label, "checkpoint": str(ckpt_path) if ckpt_path else None},
-                    "base": asdict(model.base_cfg)}
+        describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
+                    "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
+                                   "defender_system_prompt": game.defender_system_prompt,
+                                   "defender_reasoning": game.defender_reasoning}}
         report = safety_report(defender, model.judge, out, protocol, data, describe, items)
         logger = self.trainer.logger
         if logger is not None:
@@ -159,10 +175,31 @@ class AbspoCLI(LightningCLI):
             for bench, entry in report["benchmarks"].items():
                 rates = {entry["metric"]: entry["rate"], **{k: v["rate"] for k, v in entry.items() if isinstance(v, dict)}}
                 scalars.update({f"eval/{bench}/{k}": v for k, v in rates.items() if v is not None})
-            logger.log_metrics(scalars, step=int(label.split("-")[1]) if label != "base" else 0)
+            logger.log_metrics(scalars, step=step)
             logger.save()
+        print(render_markdown(report))
         print(f"safety report written to {out}/report.md")
         return report
+
+    def _load_defender(self, model: SelfPlayModule, ckpt_path) -> tuple[str, int, dict[str, Any]]:
+        """Put the defender to evaluate into ``model``; returns (report label, TensorBoard step, provenance)."""
+        if ckpt_path is None:
+            return "base", 0, {"checkpoint": None}
+        folder = Path(str(ckpt_path))
+        if folder.is_dir():
+            if not (folder / "adapter_config.json").is_file() and (folder / "defender" / "adapter_config.json").is_file():
+                folder = folder / "defender"  # the run's adapters/ folder
+            spec = parse_player(str(folder), "--ckpt_path", "defender")
+            if spec.kind != "adapter":
+                raise ConfigError("--ckpt_path", f"{ckpt_path!r} is not an adapter folder or checkpoint",
+                                  "drop --ckpt_path to evaluate the base")
+            model.bank.load("defender", spec.path, key="--ckpt_path")
+            return f"adapter-{spec.path.parent.parent.name or spec.path.name}", 0, {"adapter": str(spec.path)}
+        checkpoint = self._read_checkpoint(ckpt_path)
+        model.check_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"], strict=False)
+        step = int(checkpoint["global_step"])
+        return f"step-{step}", step, {"checkpoint": str(ckpt_path)}
 
 
 # Lightning warnings that are expected for this design and would only confuse users.
@@ -176,11 +213,19 @@ _EXPECTED_WARNINGS = (
 )
 
 
+DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on one frozen base.
+
+  abspo fit --config configs/<x>.yaml          train (resume: --ckpt_path last)
+  abspo test --config configs/<x>.yaml         safety report of the run's defender (--ckpt_path last | adapter folder)
+  abspo crossplay --out DIR --attackers [...] --defenders [...]
+                                               attack-success matrix of every attacker against every defender
+  abspo safety-report --out DIR --defender F   safety report of any adapter folder on any base, no training config
+
+Each subcommand has its own --help."""
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for pattern in _EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_expected_warnings()
     return AbspoCLI(
         SelfPlayModule,
         SeedDataModule,
@@ -189,13 +234,73 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         trainer_defaults={"max_steps": 10, "enable_model_summary": False},
-        parser_kwargs={"default_env": False, "prog": "abspo"},
+        parser_kwargs={"default_env": False, "prog": "abspo", "description": DESCRIPTION,
+                       "formatter_class": _RawDescriptionHelp,
+                       "test": {"description": AbspoCLI.test.__doc__.splitlines()[0]}},
     )
 
 
+def _quiet_expected_warnings() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Parse ``argv`` into ``fn``'s arguments (its signature and docstring are the options and --help) and call it.
+
+    The options use abspo's config syntax: nested dataclass fields (``--protocol.limit``), a class path with
+    ``--judge.init_args.<arg>``, and ``--config file.yaml`` holding any of them. Returns (result, arguments).
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    _quiet_expected_warnings()
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("abspo").setLevel(logging.INFO)  # progress lines of long evaluations
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docs in --help, as `abspo fit` shows
+    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+    parser.add_function_arguments(fn)
+    cfg = parser.parse_args(argv)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+    kwargs = instantiate(cfg).as_dict()
+    kwargs.pop("config", None)
+    return fn(**kwargs), kwargs
+
+
+def crossplay_main(argv: list[str]) -> None:
+    """``abspo crossplay``: see :func:`abspo.evaluation.crossplay.run_crossplay`."""
+    _, kwargs = run_function_command(run_crossplay, "abspo crossplay", argv)
+    out = Path(kwargs["out"])
+    print((out / "matrix.md").read_text(encoding="utf-8"))
+    heatmap = json.loads((out / "crossplay.json").read_text(encoding="utf-8"))["heatmap"]
+    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, crossplay.json, "
+          + (heatmap or "no heatmap.png (pip install matplotlib)"))
+
+
+def safety_report_main(argv: list[str]) -> None:
+    """``abspo safety-report``: see :func:`abspo.evaluation.safety.run_safety_report`."""
+    report, kwargs = run_function_command(run_safety_report, "abspo safety-report", argv)
+    print(render_markdown(report))
+    print(f"written to {kwargs['out']}/report.json, report.md, exchanges.jsonl")
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main}
+"""Subcommands beside LightningCLI's: they evaluate finished adapters and need no training config."""
+
+
+class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help (types, defaults) that keeps the line breaks of :data:`DESCRIPTION`."""
+
+
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        cli_main(args)
+        if argv and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
+        else:
+            cli_main(args)
     except ConfigError as err:
         print(f"abspo: error: {err}", file=sys.stderr)
         sys.exit(2)

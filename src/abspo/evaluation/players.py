@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from peft import PeftModel, get_peft_model_state_dict
-from safetensors import safe_open
+from peft import PeftModel
 from torch import nn
 
+from abspo.bank import check_adapter_fits
 from abspo.errors import ConfigError
 from abspo.game import GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
 from abspo.models import BaseModel, load_base
@@ -165,7 +165,8 @@ class PlayerPool:
                 raise ConfigError(spec.key, f"adapter {str(folder)!r} does not fit base {base.name_or_path!r} "
                                   f"({str(err).strip().splitlines()[0][:300]})",
                                   "evaluate it on the base it was trained on (--base.name_or_path)") from None
-            check_adapter_loaded(model, folder, name, spec.key, base.name_or_path)
+            check_adapter_fits(model, folder, name, spec.key, f"base {base.name_or_path!r}",
+                               "evaluate it on the base it was trained on (--base.name_or_path)")
             names[folder] = name
         model.eval()
         return cls(model, tokenizer, names)
@@ -183,30 +184,6 @@ class PlayerPool:
                 yield self.model
         else:
             yield self.model
-
-
-def check_adapter_loaded(model: nn.Module, folder: Path, name: str, key: str, base_name: str) -> None:
-    """Every tensor of the adapter file sits on a same-shaped LoRA weight of the model, and vice versa.
-
-    PEFT loads non-strictly: weights for modules the base lacks are dropped with a warning, and LoRA modules
-    the file does not cover silently keep their initial (zero) update. Either means another base.
-    """
-    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
-        saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    loaded = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
-    extra = sorted(set(saved) - set(loaded))
-    missing = sorted(set(loaded) - set(saved))
-    wrong = sorted(k for k in set(saved) & set(loaded) if saved[k] != loaded[k])
-    fix = "evaluate it on the base it was trained on (--base.name_or_path)"
-    if extra:
-        raise ConfigError(key, f"adapter {str(folder)!r} has {len(extra)} weights for modules that base "
-                          f"{base_name!r} lacks (e.g. {extra[0]})", fix)
-    if missing:
-        raise ConfigError(key, f"adapter {str(folder)!r} lacks {len(missing)} LoRA weights that base {base_name!r} "
-                          f"needs (e.g. {missing[0]})", fix)
-    if wrong:
-        raise ConfigError(key, f"adapter {str(folder)!r} has weights of the wrong shape for base {base_name!r} "
-                          f"(e.g. {wrong[0]}: {saved[wrong[0]]} vs {loaded[wrong[0]]})", fix)
 
 
 def _warn_on_base_name(folder: Path, base: BaseModel) -> None:

@@ -50,7 +50,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -130,6 +130,9 @@ class SafetyProtocol:
     """Sampling seed (every sample is a pure function of it)."""
     judge_on: Literal["request", "prompt"] = "request"
     """Judge the response against the underlying request (HarmBench protocol) or the full prompt sent."""
+    max_new_tokens: int = 256
+    """New tokens per defender answer (greedy). Set here, not taken from training's game, whose short turns
+    (64 tokens on the CPU config) cut answers before a judge can tell whether they do harm."""
 
     def validate(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -138,13 +141,18 @@ class SafetyProtocol:
                               f"choose from {list(BENCHMARKS)}")
         if len(set(self.benchmarks)) != len(self.benchmarks):
             raise ConfigError("protocol.benchmarks", f"{self.benchmarks} lists a benchmark twice", "list each once")
-        for key in ("limit", "templates", "behaviours"):
+        for key in ("limit", "templates", "behaviours", "max_new_tokens"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer",
                                   "use e.g. 30" + (" or null" if key == "limit" else ""))
         if self.judge_on not in ("request", "prompt"):
             raise ConfigError("protocol.judge_on", f"unknown value {self.judge_on!r}", "use 'request' or 'prompt'")
+
+
+def evaluation_game(game: GameConfig, protocol: SafetyProtocol) -> GameConfig:
+    """The defender's game format (system prompt, reasoning) with the protocol's answer length."""
+    return replace(game, max_new_tokens_defender=protocol.max_new_tokens)
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -388,7 +396,7 @@ def run_safety_report(
     judge: Judge | None = None,
     protocol: SafetyProtocol = SafetyProtocol(),
     data: SafetyData = SafetyData(),
-    game: GameConfig = GameConfig(max_new_tokens_defender=256),
+    game: GameConfig = GameConfig(),
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Evaluate one defender on the safety benchmarks and write report.json, report.md and exchanges.jsonl.
@@ -400,8 +408,8 @@ def run_safety_report(
         judge: Labels each exchange (class path + init args). Default: abspo.judges.HeuristicJudge().
         protocol: Benchmarks, per-benchmark limit, jailbreak sample sizes, sampling seed, what the judge sees.
         data: Where each benchmark's prompts come from (local JSONL by default; hf:<id> for datasets).
-        game: Defender format (system prompt, reasoning) and max_new_tokens_defender (default here 256: a
-            judge needs enough of an answer to call it harmful); decoding is greedy.
+        game: Defender format (system prompt, reasoning). The answer length is protocol.max_new_tokens and
+            decoding is greedy.
         batch_size: Prompts per generate call.
     """
     spec = parse_player(defender, "defender", "defender")
@@ -411,6 +419,7 @@ def run_safety_report(
 
         judge = HeuristicJudge()
     pool = PlayerPool.load(base, [spec])
+    game = evaluation_game(game, protocol)
     model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, batch_size)
     describe = {"defender": spec.describe(), "base": asdict(base),
                 "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
