@@ -138,6 +138,9 @@ def test_three_by_three_matrix_matches_hand_count(tmp_path, adapters, monkeypatc
     assert "| attacker \\ defender | base | A | B |" in md and md.count("\n| ") >= 4
     png = (out / "heatmap.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    page = (out / "exchanges.html").read_text()
+    assert "Content warning" in page and page.count('<section class="game harmful"') == len(exchanges) == 9 * len(SEEDS)
+    assert page.count("<h3>Attacker output") == 2 * 3 * len(SEEDS), "adapter attackers show their output, vanilla none"
     assert not list(out.glob(".*"))
 
 

@@ -116,6 +116,7 @@ def test_grpo_plays_group_size_games_per_seed(judge, seeds):
     assert groups == [i // 2 for i in range(16)]
     assert all(exchanges[i].seed == exchanges[i + 1].seed for i in range(0, 16, 2))
     assert stats["defender"]["samples"] == sum("defender" in e.rewards for e in exchanges) > 8
+    assert changed(before, module, "defender"), "the GRPO advantages moved the defender"
 
 
 @pytest.mark.parametrize("algorithm", [AlgorithmConfig(kl_mode="loss_k3", kl_coef=0.1),

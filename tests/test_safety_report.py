@@ -14,6 +14,7 @@ import pytest
 
 from abspo.cli import main
 from abspo.errors import ConfigError
+from abspo.evaluation.pages import CONTENT_WARNING
 from abspo.evaluation.safety import (
     SafetyData,
     SafetyProtocol,
@@ -114,6 +115,9 @@ def test_report_matches_hand_count(tmp_path, data):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| harmbench | attack_success_rate | 66.7% | [20.8, 93.9] | 2 / 3 | 1 | 4 |" in md
     assert "| benign | compliance_rate | 66.7% |" in md
+    page = (tmp_path / "report" / "exchanges.html").read_text()
+    assert CONTENT_WARNING in page and page.count('<section class="game') == len(records)
+    assert page.count('class="game harmful"') == sum(r["harmful"] for r in records)
     assert not list((tmp_path / "report").glob(".*"))  # no temporary files left behind
 
 

@@ -149,7 +149,7 @@ class AbspoCLI(LightningCLI):
         ``--ckpt_path`` picks the defender: a checkpoint (``last`` or a ``.ckpt`` file), a PEFT adapter folder
         (``checkpoints/<run>/adapters/defender``, or the ``adapters`` folder above it), or nothing for the
         untrained base. Writes ``<run dir>/eval/<step-N | adapter-<name> | base>/report.{json,md}`` and
-        ``exchanges.jsonl``, and logs every rate to TensorBoard under ``eval/``.
+        ``exchanges.{jsonl,html}``, and logs every rate to TensorBoard under ``eval/``.
         """
         protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
         protocol, data = SafetyProtocol(**vars(protocol)), SafetyData(**vars(data))
@@ -160,6 +160,7 @@ class AbspoCLI(LightningCLI):
             raise ConfigError(err.key.replace("protocol.", "eval.", 1).replace("data.", "eval_data.", 1),
                               err.problem, err.fix) from None
         label, step, source = self._load_defender(model, ckpt_path)
+        _progress_lines()
         game = evaluation_game(model.game, protocol)
         defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, game,
                                  batch_size=self._get(self.config, "data").batch_size)
@@ -247,6 +248,13 @@ def _quiet_expected_warnings() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _progress_lines() -> None:
+    """Show abspo's INFO lines (``generated 16/120``...): an evaluation on a CPU runs for many minutes."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("abspo").setLevel(logging.INFO)
+
+
 def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> tuple[Any, dict[str, Any]]:
     """Parse ``argv`` into ``fn``'s arguments (its signature and docstring are the options and --help) and call it.
 
@@ -256,8 +264,7 @@ def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> 
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     _quiet_expected_warnings()
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("abspo").setLevel(logging.INFO)  # progress lines of long evaluations
+    _progress_lines()
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docs in --help, as `abspo fit` shows
     parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
@@ -275,7 +282,7 @@ def crossplay_main(argv: list[str]) -> None:
     out = Path(kwargs["out"])
     print((out / "matrix.md").read_text(encoding="utf-8"))
     heatmap = json.loads((out / "crossplay.json").read_text(encoding="utf-8"))["heatmap"]
-    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, crossplay.json, "
+    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, exchanges.html, crossplay.json, "
           + (heatmap or "no heatmap.png (pip install matplotlib)"))
 
 
@@ -283,7 +290,7 @@ def safety_report_main(argv: list[str]) -> None:
     """``abspo safety-report``: see :func:`abspo.evaluation.safety.run_safety_report`."""
     report, kwargs = run_function_command(run_safety_report, "abspo safety-report", argv)
     print(render_markdown(report))
-    print(f"written to {kwargs['out']}/report.json, report.md, exchanges.jsonl")
+    print(f"written to {kwargs['out']}/report.json, report.md, exchanges.jsonl, exchanges.html")
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main}

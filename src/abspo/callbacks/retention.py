@@ -178,7 +178,7 @@ class ReasoningRetention(L.Callback):
         message = f"ReasoningRetention at step {trainer.global_step} ({self.task.name}): {message}"
         if self.on_violation == "stop":
             path = Path(trainer.default_root_dir) / "checkpoints" / STOP_CHECKPOINT
-            trainer.save_checkpoint(path)  # every rank calls it: saving is collective under distributed strategies
+            trainer.save_checkpoint(path, weights_only=False)  # full state, to resume; every rank calls it (collective)
             trainer.should_stop = True
             message += f". Saved {path} and stopping the run"
         rank_zero_warn(message, category=RetentionWarning)

@@ -30,7 +30,7 @@ base). One folder may play both seats.
 Outputs (each written atomically): ``matrix.csv`` (wide: attackers x defenders, ASR), ``pairs.csv`` (long:
 one row per pair with counts and the interval), ``matrix.md`` (the table with counts and intervals, and the
 attackers' format-failure rates), ``heatmap.png`` (needs matplotlib), ``exchanges.jsonl`` (every seed,
-rewrite, response and verdict) and ``crossplay.json`` (protocol, players, every figure; written last).
+rewrite, response and verdict), ``exchanges.html`` (the same for reading) and ``crossplay.json`` (protocol, players, every figure; written last).
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from abspo.atomic import atomic_write
 from abspo.errors import ConfigError
+from abspo.evaluation.pages import render_records_page
 from abspo.evaluation.players import (
     VANILLA,
     PlayerPool,
     PlayerSpec,
     Reply,
     Rewrite,
-    atomic_write,
     attacker_rewrites,
     defender_replies,
     file_sha256,
@@ -244,6 +245,7 @@ def write_crossplay(out: str | Path, result: CrossplayResult, meta: dict[str, An
     out = Path(out)
     seeds = len({e["seed_index"] for e in result.exchanges})
     atomic_write(out / "exchanges.jsonl", jsonl(result.exchanges))
+    atomic_write(out / "exchanges.html", render_records_page(result.exchanges, "Cross-play exchanges"))
     atomic_write(out / "matrix.csv", matrix_csv(result))
     atomic_write(out / "pairs.csv", pairs_csv(result))
     atomic_write(out / "matrix.md", matrix_markdown(result, seeds))

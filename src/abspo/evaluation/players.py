@@ -21,8 +21,7 @@ fixed benchmarks (safety report). Both need the same three things, kept here:
   templates), through :func:`abspo.rollout.generate`, with the prompt templates and parsing of
   :mod:`abspo.game`, so an evaluated role sees exactly the text format it was trained on.
 
-It also holds :func:`atomic_write`, shared by the report writers: a report folder never holds a
-half-written file, even if a long run is interrupted.
+It also holds the small helpers the report writers share (:func:`file_sha256`, :func:`jsonl`).
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -303,21 +300,6 @@ class ModelDefender:
 
 
 # -- writing results --------------------------------------------------------------------------------------
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

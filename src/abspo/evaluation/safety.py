@@ -38,8 +38,9 @@ capped with ``limit`` (a seeded sample, for CPU runs); nothing is downloaded unl
 ``hf:`` dataset id.
 
 Outputs in the report folder, each written atomically: ``report.json`` (config, data provenance with
-sha256, every metric), ``report.md`` (the same as a table, with the definitions) and ``exchanges.jsonl``
-(every prompt, response and verdict, for audit).
+sha256, every metric), ``report.md`` (the same as a table, with the definitions), ``exchanges.jsonl``
+(every prompt, response and verdict, for audit) and ``exchanges.html`` (the same for reading, with a content
+warning).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ from urllib.parse import parse_qsl
 
 from abspo.data import read_seed_file
 from abspo.errors import ConfigError
-from abspo.evaluation.players import ModelDefender, PlayerPool, atomic_write, file_sha256, jsonl, parse_player
+from abspo.atomic import atomic_write
+from abspo.evaluation.pages import render_records_page
+from abspo.evaluation.players import ModelDefender, PlayerPool, file_sha256, jsonl, parse_player
 from abspo.evaluation.stats import Proportion, proportion
 from abspo.jsonl import read_jsonl
 from abspo.game import GameConfig
@@ -347,9 +350,11 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out: str | Path, report: dict[str, Any], records: Sequence[dict]) -> Path:
-    """Write ``report.json``, ``report.md`` and ``exchanges.jsonl`` into ``out``, each atomically."""
+    """Write ``report.json``, ``report.md``, ``exchanges.jsonl`` and ``exchanges.html`` into ``out``, each atomically."""
     out = Path(out)
     atomic_write(out / "exchanges.jsonl", jsonl(records))
+    label = report["defender"].get("label", "defender")
+    atomic_write(out / "exchanges.html", render_records_page(records, f"Safety report exchanges: {label}"))
     atomic_write(out / "report.md", render_markdown(report))
     atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")  # last: marks completion
     return out
