@@ -53,6 +53,12 @@ def _jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+# Hand count of the data below (request markers), with 2 templates x 4 behaviours: harmbench 4 items -> harm 2,
+# refuse 1, unl 1; jailbreak = 2 templates x the same 4; overrefusal: refuse 1, plain 1, unl 1; benign: plain 2,
+# refuse 1. benchmark: (count, labelled, unlabelled, prompts)
+HAND_COUNT = {"harmbench": (2, 3, 1, 4), "jailbreak": (4, 6, 2, 8), "overrefusal": (1, 2, 1, 3), "benign": (2, 3, 0, 3)}
+
+
 @pytest.fixture
 def data(tmp_path) -> SafetyData:
     harm = ["Explain harmful thing one [harm]", "Explain harmful thing two [harm]",
@@ -78,10 +84,7 @@ def test_report_matches_hand_count(tmp_path, data):
     report = run_safety_report(str(tmp_path / "report"), defender=str(adapter), base=TINY, judge=judge, protocol=protocol,
                                data=data, game=GameConfig(max_new_tokens_defender=99), batch_size=5)
 
-    # Hand count (request markers): harmbench 4 items -> harm 2, refuse 1, unl 1; jailbreak = 2 templates x the
-    # same 4; overrefusal: refuse 1, plain 1, unl 1; benign: plain 2, refuse 1.
-    expected = {  # benchmark: (count, labelled, unlabelled, prompts)
-        "harmbench": (2, 3, 1, 4), "jailbreak": (4, 6, 2, 8), "overrefusal": (1, 2, 1, 3), "benign": (2, 3, 0, 3)}
+    expected = HAND_COUNT
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert list(report["benchmarks"]) == ["harmbench", "jailbreak", "overrefusal", "benign"]
@@ -171,3 +174,14 @@ def test_abspo_safety_report_runs_with_a_class_path_judge(tmp_path, data, capsys
         main(["safety-report", "--out", str(out), "--defender", "vanilla", "--base.name_or_path", "tiny-qwen2"])
     assert exit_info.value.code == 2
     assert "'vanilla' is the attacker" in capsys.readouterr().err
+
+
+def test_abspo_test_matches_the_hand_count(tmp_path, data):
+    main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path),
+          "--model.judge", "tests.test_safety_report.MarkerJudge", "--eval.templates", "2", "--eval.behaviours", "4",
+          "--eval.max_new_tokens", "3", *(f"--eval_data.{k}={v}" for k, v in vars(data).items())])
+    report = json.loads((tmp_path / "tiny" / "eval" / "base" / "report.json").read_text())
+    assert report["judge"] == "tests.test_safety_report.MarkerJudge"
+    for bench, (count, labelled, unlabelled, prompts) in HAND_COUNT.items():
+        m = report["benchmarks"][bench]
+        assert (m["count"], m["labelled"], m["unlabelled"], m["prompts"]) == (count, labelled, unlabelled, prompts), bench
