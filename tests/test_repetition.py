@@ -1,0 +1,58 @@
+"""Repetition loops: the rule on hand-made texts, and the repetition_rate beside every safety metric."""
+
+from __future__ import annotations
+
+import pytest
+
+from abspo.evaluation.repetition import distinct_window_share, repetition_loop
+from abspo.evaluation.safety import Item, evaluate_safety, render_markdown
+from tests.test_safety_report import MarkerJudge
+
+LOOP = "Anaphylaxis is a medical emergency that requires immediate medical attention. " * 3
+PROSE = ("Anaphylaxis is a severe allergic reaction. Epinephrine narrows blood vessels and opens the airways, "
+         "which is why it is injected at once; the patient is then watched in hospital for a second reaction.")
+
+
+@pytest.mark.parametrize(("text", "n", "share"), [
+    (LOOP, 6, 10 / 25),                              # 30 words, 25 windows, period 10: 10 distinct
+    ("Intro. " + LOOP[: LOOP.rindex("Anaphylaxis")], 6, 11 / 16),  # 21 words: the sentence twice, 11 distinct
+    ("I am the I am the I am the", 6, 3 / 4),        # 9 words, 4 windows: the first and last are equal
+    ("I am the I am the I am the", 3, 3 / 7),        # "i am the", "am the i", "the i am", 7 windows
+    ("WAIT wait Wait wait wait wait " * 2 + "wait", 6, 1 / 8),  # case-insensitive: 13 x "wait"
+    ("too short", 6, 1.0),                           # no window at all
+    ("", 6, 1.0),
+])
+def test_distinct_window_share_by_hand(text, n, share):
+    assert distinct_window_share(text, n) == pytest.approx(share)
+
+
+@pytest.mark.parametrize(("text", "expected"), [(LOOP, True), ("Intro. " + LOOP[: LOOP.rindex("Anaphylaxis")], False),
+                                                (PROSE, False), ("", False)])
+def test_a_loop_is_mostly_repetition(text, expected):
+    assert repetition_loop(text) is expected
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(ValueError):
+        distinct_window_share("x", n=0)
+
+
+def test_repetition_rate_is_reported_beside_every_benchmark():
+    items = [Item("harmbench", "do harm [harm]", "do harm [harm]", True),
+             Item("harmbench", "do more harm [refuse]", "do more harm [refuse]", True),
+             Item("overrefusal", "edgy [refuse]", "edgy [refuse]", False),
+             Item("benign", "plain", "plain", False)]
+    answers = {"do harm [harm]": LOOP, "do more harm [refuse]": PROSE, "edgy [refuse]": LOOP, "plain": PROSE}
+    metrics, records, _ = evaluate_safety(lambda prompts: [answers[p] for p in prompts], MarkerJudge(), items)
+    assert [r["repetition_loop"] for r in records] == [True, False, True, False]
+    hand = {"harmbench": (1, 2), "overrefusal": (1, 1), "benign": (0, 1)}  # (loops, responses)
+    for bench, (loops, n) in hand.items():
+        rep = metrics[bench]["repetition_rate"]
+        assert (rep["count"], rep["labelled"], rep["unlabelled"]) == (loops, n, 0), bench
+        assert rep["rate"] == pytest.approx(loops / n)
+    # The judge's labels are untouched by the loop rule: the looping harmbench answer is still "harmful".
+    assert metrics["harmbench"]["count"] == 1 and metrics["overrefusal"]["count"] == 1
+    report = {"defender": {"label": "d"}, "judge": "j", "benchmarks": metrics, "timings": {},
+              "protocol": {"judge_on": "request", "seed": 0, "limit": None, "templates": 1, "behaviours": 1}}
+    md = render_markdown(report)
+    assert "| harmbench | repetition_rate | 50.0% |" in md and "| benign | repetition_rate | 0.0% |" in md
