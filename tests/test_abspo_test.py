@@ -64,8 +64,8 @@ def test_abspo_test_evaluates_an_adapter_folder(tmp_path):
         assert all(torch.equal(loaded[k], saved[k]) for k in saved)
         attacker_b = [p for n, p in cli.model.bank.model.named_parameters() if "lora_B.attacker" in n]
         assert attacker_b and all(not p.any() for p in attacker_b), "only the defender is loaded"
-    report = json.loads((tmp_path / "runs" / "tiny" / "eval" / "adapter-other" / "report.json").read_text())
-    assert report["defender"] == {"label": "adapter-other", "adapter": str(folder.resolve())}
+    report = json.loads((tmp_path / "runs" / "tiny" / "eval" / "adapter-other-defender" / "report.json").read_text())
+    assert report["defender"] == {"label": "adapter-other-defender", "adapter": str(folder.resolve())}
 
 
 @pytest.mark.parametrize(("r", "alpha", "problem"), [(2, 4.0, "wrong shape"), (4, 4.0, "lora_alpha=4.0")])
@@ -80,3 +80,16 @@ def test_abspo_test_refuses_an_adapter_of_another_spec(tmp_path, capsys, r, alph
     err = capsys.readouterr().err
     assert err.startswith("abspo: error: --ckpt_path: ") and problem in err
     assert not (tmp_path / "runs" / "tiny" / "eval").exists(), "a refused evaluation writes no report"
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_an_unreadable_checkpoint_file_is_one_clear_line(tmp_path, capsys, subcommand):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path / "runs"),
+              "--ckpt_path", str(junk)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("abspo: error: --ckpt_path: ") and "not a readable checkpoint" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()

@@ -42,7 +42,7 @@ from abspo.callbacks.progress import game_progress_bar
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
 from abspo.evaluation.crossplay import run_crossplay
-from abspo.evaluation.players import ModelDefender, parse_player
+from abspo.evaluation.players import ModelDefender, default_label, parse_player
 from abspo.evaluation.safety import (
     SafetyData,
     SafetyProtocol,
@@ -125,6 +125,14 @@ class AbspoCLI(LightningCLI):
             return
         self.model.check_checkpoint(self._read_checkpoint(ckpt))
 
+    def _parse_ckpt_path(self) -> None:
+        """Refuse an unreadable --ckpt_path file with one clear line before Lightning tries to read it."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and Path(str(ckpt)).is_file():
+            self._read_checkpoint(ckpt)
+        super()._parse_ckpt_path()
+
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
             path = self.run_dir() / "checkpoints" / "last.ckpt"
@@ -148,7 +156,7 @@ class AbspoCLI(LightningCLI):
 
         ``--ckpt_path`` picks the defender: a checkpoint (``last`` or a ``.ckpt`` file), a PEFT adapter folder
         (``checkpoints/<run>/adapters/defender``, or the ``adapters`` folder above it), or nothing for the
-        untrained base. Writes ``<run dir>/eval/<step-N | adapter-<name> | base>/report.{json,md}`` and
+        untrained base. Writes ``<run dir>/eval/<step-N | adapter-<run>-<role> | base>/report.{json,md}`` and
         ``exchanges.{jsonl,html}``, and logs every rate to TensorBoard under ``eval/``.
         """
         protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
@@ -195,7 +203,7 @@ class AbspoCLI(LightningCLI):
                 raise ConfigError("--ckpt_path", f"{ckpt_path!r} is not an adapter folder or checkpoint",
                                   "drop --ckpt_path to evaluate the base")
             model.bank.load("defender", spec.path, key="--ckpt_path")
-            return f"adapter-{spec.path.parent.parent.name or spec.path.name}", 0, {"adapter": str(spec.path)}
+            return "adapter-" + default_label(spec.path).replace("/", "-"), 0, {"adapter": str(spec.path)}
         checkpoint = self._read_checkpoint(ckpt_path)
         model.check_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"], strict=False)
