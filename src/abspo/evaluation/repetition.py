@@ -16,7 +16,6 @@ repeat too, so treat the rate as a signal to read the exchanges, not as a verdic
 
 from __future__ import annotations
 
-
 LOOP_WORDS = 6
 LOOP_MAX_DISTINCT = 0.5
 
