@@ -93,3 +93,15 @@ def test_an_unreadable_checkpoint_file_is_one_clear_line(tmp_path, capsys, subco
     err = capsys.readouterr().err
     assert err.startswith("abspo: error: --ckpt_path: ") and "not a readable checkpoint" in err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_help_shows_the_field_docstrings(capsys):
+    """Config dataclasses document their fields in their docstrings; --help must show them."""
+    with pytest.raises(SystemExit):
+        main(["test", "--help"])
+    out = capsys.readouterr().out
+    assert "New tokens per defender answer" in out  # SafetyProtocol.max_new_tokens
+    assert "Run name; default: the config file's name" in out  # RunConfig.name
+    with pytest.raises(SystemExit):
+        main(["crossplay", "--help"])
+    assert "Each 'vanilla' (seeds unchanged)" in capsys.readouterr().out  # run_crossplay's Args section

@@ -234,7 +234,7 @@ Each subcommand has its own --help."""
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
-    _quiet_expected_warnings()
+    _prepare_command_line()
     return AbspoCLI(
         SelfPlayModule,
         SeedDataModule,
@@ -249,7 +249,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
     )
 
 
-def _quiet_expected_warnings() -> None:
+def _prepare_command_line() -> None:
+    """Settings every abspo command shares: field docstrings in --help, expected warnings silenced."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs become --help text
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for pattern in _EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -269,11 +273,10 @@ def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> 
     The options use abspo's config syntax: nested dataclass fields (``--protocol.limit``), a class path with
     ``--judge.init_args.<arg>``, and ``--config file.yaml`` holding any of them. Returns (result, arguments).
     """
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
-    _quiet_expected_warnings()
+    _prepare_command_line()
     _progress_lines()
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docs in --help, as `abspo fit` shows
     parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_function_arguments(fn)
