@@ -32,6 +32,7 @@ def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
     assert len(exchanges) == sum(b["prompts"] for b in report["benchmarks"].values()) == 2 + 2 + 2 + 2
     assert "attack_success_rate" in (out / "report.md").read_text()
     assert report["generation"]["max_new_tokens"] == 8  # --eval.max_new_tokens, not the training game's 16
+    assert report["generation"]["batch_size"] == 16  # the protocol's, not data.batch_size (8): comparable reports
     for bench, entry in report["benchmarks"].items():  # the figures recount from the recorded verdicts
         rows = [e for e in exchanges if e["benchmark"] == bench]
         label, positive = ("response_harmful", True) if entry["metric"] == "attack_success_rate" else (

@@ -80,9 +80,9 @@ def test_report_matches_hand_count(tmp_path, data):
     perturb(bank.adapter_parameters("defender"), seed=3)
     adapter = bank.export("defender", tmp_path / "run" / "adapters" / "defender")
     judge = MarkerJudge()
-    protocol = SafetyProtocol(limit=None, templates=2, behaviours=4, seed=0, max_new_tokens=4)
+    protocol = SafetyProtocol(limit=None, templates=2, behaviours=4, seed=0, max_new_tokens=4, batch_size=5)
     report = run_safety_report(str(tmp_path / "report"), defender=str(adapter), base=TINY, judge=judge, protocol=protocol,
-                               data=data, game=GameConfig(max_new_tokens_defender=99), batch_size=5)
+                               data=data, game=GameConfig(max_new_tokens_defender=99))
 
     expected = HAND_COUNT
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -101,6 +101,7 @@ def test_report_matches_hand_count(tmp_path, data):
     assert report["defender"]["kind"] == "adapter" and report["defender"]["label"] == "run/defender"
     assert report["defender"]["exported_as"] == "defender"
     assert report["generation"]["max_new_tokens"] == 4  # the protocol sets the answer length, not the game
+    assert report["generation"]["batch_size"] == report["protocol"]["batch_size"] == 5
     assert set(report["data"]) == {"harmbench", "jailbreak_templates", "overrefusal", "benign"}
     assert all(len(d["sha256"]) == 64 for d in report["data"].values())
 

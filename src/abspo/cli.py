@@ -171,12 +171,12 @@ class AbspoCLI(LightningCLI):
         _progress_lines()
         game = evaluation_game(model.game, protocol)
         defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, game,
-                                 batch_size=self._get(self.config, "data").batch_size)
+                                 batch_size=protocol.batch_size)
         out = self.run_dir() / "eval" / label
         describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
                     "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
                                    "defender_system_prompt": game.defender_system_prompt,
-                                   "defender_reasoning": game.defender_reasoning}}
+                                   "defender_reasoning": game.defender_reasoning, "batch_size": protocol.batch_size}}
         report = safety_report(defender, model.judge, out, protocol, data, describe, items)
         logger = self.trainer.logger
         if logger is not None:

@@ -145,6 +145,9 @@ class SafetyProtocol:
     max_new_tokens: int = 256
     """New tokens per defender answer (greedy). Set here, not taken from training's game, whose short turns
     (64 tokens on the CPU config) cut answers before a judge can tell whether they do harm."""
+    batch_size: int = 16
+    """Prompts per generate call. Part of the protocol: under bfloat16 the batch layout (padding) changes
+    greedy outputs, so two reports are comparable only at the same batch size."""
 
     def validate(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -153,7 +156,7 @@ class SafetyProtocol:
                               f"choose from {list(BENCHMARKS)}")
         if len(set(self.benchmarks)) != len(self.benchmarks):
             raise ConfigError("protocol.benchmarks", f"{self.benchmarks} lists a benchmark twice", "list each once")
-        for key in ("limit", "templates", "behaviours", "max_new_tokens"):
+        for key in ("limit", "templates", "behaviours", "max_new_tokens", "batch_size"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer",
@@ -411,7 +414,6 @@ def run_safety_report(
     protocol: SafetyProtocol = SafetyProtocol(),
     data: SafetyData = SafetyData(),
     game: GameConfig = GameConfig(),
-    batch_size: int = 16,
 ) -> dict[str, Any]:
     """Evaluate one defender on the safety benchmarks and write report.json, report.md and exchanges.jsonl.
 
@@ -422,9 +424,8 @@ def run_safety_report(
         judge: Labels each exchange (class path + init args). Default: abspo.judges.HeuristicJudge().
         protocol: Benchmarks, per-benchmark limit, jailbreak sample sizes, sampling seed, what the judge sees.
         data: Where each benchmark's prompts come from (local JSONL by default; hf:<id> for datasets).
-        game: Defender format (system prompt, reasoning). The answer length is protocol.max_new_tokens and
-            decoding is greedy.
-        batch_size: Prompts per generate call.
+        game: Defender format (system prompt, reasoning). The answer length is protocol.max_new_tokens, the
+            batch size protocol.batch_size, and decoding is greedy.
     """
     spec = parse_player(defender, "defender", "defender")
     items = build_items(data, protocol)  # every data error before the model loads
@@ -434,9 +435,9 @@ def run_safety_report(
         judge = HeuristicJudge()
     pool = PlayerPool.load(base, [spec])
     game = evaluation_game(game, protocol)
-    model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, batch_size)
+    model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, protocol.batch_size)
     describe = {"defender": spec.describe(), "base": asdict(base),
                 "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
                                "defender_system_prompt": game.defender_system_prompt,
-                               "defender_reasoning": game.defender_reasoning, "batch_size": batch_size}}
+                               "defender_reasoning": game.defender_reasoning, "batch_size": protocol.batch_size}}
     return safety_report(model, judge, out, protocol, data, describe, items)
