@@ -33,7 +33,10 @@ def perturb(params, seed: int, scale: float = 0.5) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    """LightningCLI(args=...) warns when sys.argv also holds pytest's own arguments."""
-    monkeypatch.setattr("sys.argv", ["abspo"])
+@pytest.fixture(autouse=True, scope="session")
+def _plain_argv():
+    """LightningCLI(args=...) warns when sys.argv also holds pytest's own arguments (session scope, so that
+    module-scoped fixtures that run the CLI see it too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["abspo"])
+        yield

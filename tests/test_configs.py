@@ -11,6 +11,8 @@ from abspo.judges import WildGuardJudge
 from abspo.models import QWEN25_ARCHITECTURES
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
+OVERLAYS = {"forgetting-demo.yaml": "configs/smollm2-cpu.yaml"}
+"""Configs meant to be stacked on another one (``--config base.yaml --config overlay.yaml``)."""
 
 
 def lora_params_per_layer(arch: dict, r: int) -> int:
@@ -27,8 +29,9 @@ def test_all_configs_are_found():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses(config, capsys):
+    stack = ["--config", OVERLAYS[config.name]] if config.name in OVERLAYS else []
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        cli_main(["fit", *stack, "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     assert "name_or_path" in capsys.readouterr().out
 
@@ -47,3 +50,15 @@ def test_paper_scale_config_instantiates_on_meta(config, hub_id):
     assert isinstance(module.judge, WildGuardJudge)
     assert cli.datamodule.batch_size == 128
     assert module.game.defender_reasoning
+
+
+def test_forgetting_demo_overlay_keeps_the_main_job_and_stops_on_a_drop():
+    cli = cli_main(["--config", "configs/smollm2-cpu.yaml", "--config", "configs/forgetting-demo.yaml",
+                    "--model.base.name_or_path", "tiny-qwen2"], run=False)
+    from abspo.callbacks import ReasoningRetention
+
+    (retention,) = [c for c in cli.trainer.callbacks if isinstance(c, ReasoningRetention)]
+    assert retention.on_violation == "stop" and retention.every_n_steps == 2
+    assert cli.model.optim_cfg["defender"].lr == pytest.approx(100 * 4e-4)  # 100x the main job's defender
+    assert cli.model.optim_cfg["attacker"].lr == pytest.approx(2e-4)  # the main job's attacker
+    assert cli.model.algorithm.kl_coef == 0.0 and cli.datamodule.batch_size == 8  # the rest is the main job's

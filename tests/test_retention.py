@@ -94,10 +94,13 @@ class Forget(L.Callback):
             perturb(module.bank.role_parameters("defender"), seed=1, scale=5.0)
 
 
-def fit(tmp_path, judge, callbacks, max_steps: int, lr: float = 1e-2) -> tuple[L.Trainer, SelfPlayModule]:
+def fit(tmp_path, judge, callbacks, max_steps: int, lr: float = 1e-2, logger=False, log_every_n_steps: int = 50,
+        **module_kwargs) -> tuple[L.Trainer, SelfPlayModule]:
     module = SelfPlayModule(base=TINY, judge=judge, game=GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8),
-                            optimizers={"attacker": OptimizerConfig(lr=lr), "defender": OptimizerConfig(lr=lr)})
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_progress_bar=False, logger=False,
+                            optimizers={"attacker": OptimizerConfig(lr=lr), "defender": OptimizerConfig(lr=lr)},
+                            **module_kwargs)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_progress_bar=False, logger=logger,
+                        log_every_n_steps=log_every_n_steps,
                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=callbacks)
     trainer.fit(module, datamodule=SeedDataModule(batch_size=4))
@@ -135,6 +138,30 @@ def test_stop_saves_a_checkpoint_and_ends_the_run_early(tmp_path, judge, mc_file
     assert saved and saved.keys() == current.keys()
     assert all(torch.equal(saved[k], current[k]) for k in saved), "the checkpoint holds the forgetful defender"
     assert all(".lora_" in k for k in ckpt["state_dict"]), "adapters only, as every abspo checkpoint"
+
+
+def test_metrics_reach_the_logger_only_at_the_batches_that_measured_them(tmp_path, judge, mc_file):
+    """Lightning's self.log re-sends a step value at every later step of the epoch; abspo logs each batch's own."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from abspo.config import ScheduleConfig
+
+    retention = ReasoningRetention(TaskSpec("multiple_choice", str(mc_file)), every_n_steps=3, max_drop=1.0)
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    # phases: batch 0 updates the attacker, batch 1 the defender, ...: one optimizer step per batch, so the
+    # checks at global steps 3 and 6 fall on batches 2 and 5.
+    fit(tmp_path, judge, [retention], max_steps=6, logger=logger, log_every_n_steps=2,
+        schedule=ScheduleConfig(mode="phases", phase_steps=1, first="attacker"))
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    def steps_with(column):
+        return sorted({int(r["step"]) for r in rows if r.get(column) not in (None, "")})
+    assert steps_with("game/attack_success_rate") == [1, 3, 5], "log_every_n_steps: 2 thins the per-batch metrics"
+    assert steps_with("defender/loss") == [1, 3, 5] and steps_with("attacker/loss") == [], "odd batches: defender"
+    assert steps_with("retention/defender/score") == steps_with("retention/anchor/score") == [2, 5], \
+        "a check is logged at its own batch, whatever log_every_n_steps says, and never repeated"
 
 
 def test_unchanged_roles_match_the_anchor_and_the_time_budget_bounds_a_check(tmp_path, judge, mc_file):

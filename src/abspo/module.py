@@ -40,6 +40,7 @@ from abspo.judges.base import Judge
 from abspo.models import BaseModel, load_base, meta_model
 from abspo.rewards import resolve_table, score_exchanges
 from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+from abspo.step_logging import log_batch_metrics
 
 CHECKPOINT_FORMAT = 1
 
@@ -237,7 +238,7 @@ class SelfPlayModule(L.LightningModule):
         elapsed = time.perf_counter() - start
         metrics["perf/gen_tokens_per_s"] = self._generated_tokens / max(gen_time, 1e-9)
         metrics["perf/step_s"] = elapsed
-        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, batch_size=len(exchanges))
+        log_batch_metrics(self, metrics, step=batch.index)
         for role in ROLES:
             if f"{role}/reward" in metrics:
                 self.log(f"r_{role[:3]}", float(metrics[f"{role}/reward"]), prog_bar=True, logger=False,
@@ -358,7 +359,7 @@ class SelfPlayModule(L.LightningModule):
         if not every or index % every or logger is None or not hasattr(logger.experiment, "add_text"):
             return
         logger.experiment.add_text("games", samples_markdown(exchanges[: self.logging_cfg.samples_per_table]),
-                                   global_step=self.global_step)
+                                   global_step=index)  # the batch index, the x-axis of every scalar
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_signature(self) -> dict:

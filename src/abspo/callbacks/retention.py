@@ -35,6 +35,7 @@ from torchmetrics import MeanMetric
 from abspo.bank import ROLES
 from abspo.errors import ConfigError
 from abspo.evaluation.tasks import EvalResult, TaskSpec, build_task, evaluate
+from abspo.step_logging import log_batch_metrics
 
 KEY = "trainer.callbacks[ReasoningRetention].init_args"
 STOP_CHECKPOINT = "retention-stop.ckpt"
@@ -118,6 +119,7 @@ class ReasoningRetention(L.Callback):
         self.last: dict[str, float] = {}
         """Metrics of the latest check (what was logged)."""
         self._last_step = 0
+        self._batch_index = 0
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def score(self, module: L.LightningModule, routed: AbstractContextManager, limit: int | None = None) -> EvalResult:
@@ -131,12 +133,6 @@ class ReasoningRetention(L.Callback):
                            f"{result.scored} of {result.total} {self.task.name} items ({result.seconds:.1f}s)")
 
     # -- hooks -----------------------------------------------------------------------------------------------
-    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        if trainer.log_every_n_steps != 1 and trainer.loggers:
-            rank_zero_warn(f"ReasoningRetention: trainer.log_every_n_steps is {trainer.log_every_n_steps}, so a check reaches "
-                           "the logger only when it falls on a logging batch; set trainer.log_every_n_steps: 1 (as the "
-                           "shipped configs do) to log every check")
-
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
         self.anchor = self.score(module, module.bank.anchor())
@@ -148,6 +144,7 @@ class ReasoningRetention(L.Callback):
         step = trainer.global_step
         if step // self.every_n_steps > self._last_step // self.every_n_steps:
             self._last_step = step
+            self._batch_index = getattr(batch, "index", batch_idx)
             self.check(trainer, module)
 
     def check(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, float]:
@@ -168,7 +165,7 @@ class ReasoningRetention(L.Callback):
             if drop > self.max_drop:
                 violations.append(f"{role} scores {score:.3f} vs the anchor's "
                                   f"{score + drop:.3f} on {result.scored} items (drop {drop:.3f} > max_drop {self.max_drop})")
-        module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        log_batch_metrics(module, metrics, step=self._batch_index, every_n_steps=1)  # at this check's batch only
         self.last = metrics
         if violations:
             self._on_violation(trainer, "; ".join(violations))
