@@ -17,15 +17,28 @@ from tests.conftest import TINY, perturb, tiny_bank
 SMALL = ["--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2", "--eval.max_new_tokens", "8"]
 
 
+def eval_steps(run_dir) -> set[int]:
+    """Steps of the eval/* scalars in a run's TensorBoard files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = set()
+    for events in (run_dir / "tb").glob("events*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        steps |= {e.step for tag in acc.Tags()["scalars"] if tag.startswith("eval/") for e in acc.Scalars(tag)}
+    return steps
+
+
 def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
-    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "2"])
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "4"])
     cli = cli_main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path),
                     "--ckpt_path", "last", *SMALL])
+    assert eval_steps(tmp_path / "tiny") == {1}, "drawn at the last trained batch (index 1), the training x-axis"
     checkpoint = torch.load(tmp_path / "tiny" / "checkpoints" / "last.ckpt", weights_only=True)
     loaded = dict(cli.model.named_parameters())
     for name, value in checkpoint["state_dict"].items():
         assert torch.equal(loaded[name], value), f"{name} was not loaded from the checkpoint"
-    out = tmp_path / "tiny" / "eval" / "step-2"
+    out = tmp_path / "tiny" / "eval" / "step-4"
     report = json.loads((out / "report.json").read_text())
     assert set(report["benchmarks"]) == {"harmbench", "jailbreak", "overrefusal", "benign"}
     exchanges = [json.loads(line) for line in (out / "exchanges.jsonl").read_text().splitlines()]
@@ -67,6 +80,21 @@ def test_abspo_test_evaluates_an_adapter_folder(tmp_path):
         assert attacker_b and all(not p.any() for p in attacker_b), "only the defender is loaded"
     report = json.loads((tmp_path / "runs" / "tiny" / "eval" / "adapter-other-defender" / "report.json").read_text())
     assert report["defender"] == {"label": "adapter-other-defender", "adapter": str(folder.resolve())}
+    assert eval_steps(tmp_path / "runs" / "tiny") == set(), "a foreign adapter is not a point of this run's curves"
+
+
+def test_a_damaged_adapter_file_is_one_clear_line(tmp_path, capsys):
+    bank, _ = tiny_bank(r=4)
+    folder = bank.export("defender", tmp_path / "other" / "adapters" / "defender")
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    for argv in (["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path / "runs"),
+                  "--ckpt_path", str(folder), *SMALL],
+                 ["crossplay", "--out", str(tmp_path / "x"), "--base.name_or_path", "tiny-qwen2",
+                  "--attackers", "[vanilla]", "--defenders", f"[{folder}]"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "is not a readable safetensors file" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("r", "alpha", "problem"), [(2, 4.0, "wrong shape"), (4, 4.0, "lora_alpha=4.0")])
@@ -83,16 +111,21 @@ def test_abspo_test_refuses_an_adapter_of_another_spec(tmp_path, capsys, r, alph
     assert not (tmp_path / "runs" / "tiny" / "eval").exists(), "a refused evaluation writes no report"
 
 
+@pytest.mark.parametrize("junk_kind", ["text", "torch list"])
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
-def test_an_unreadable_checkpoint_file_is_one_clear_line(tmp_path, capsys, subcommand):
+def test_an_unreadable_checkpoint_file_is_one_clear_line(tmp_path, capsys, subcommand, junk_kind):
     junk = tmp_path / "junk.ckpt"
-    junk.write_text("not a checkpoint\n")
+    if junk_kind == "text":
+        junk.write_text("not a checkpoint\n")
+    else:
+        torch.save([1, 2], junk)  # loads with weights_only=True, but is no checkpoint
     with pytest.raises(SystemExit) as exit_info:
         main([subcommand, "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path / "runs"),
               "--ckpt_path", str(junk)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("abspo: error: --ckpt_path: ") and "not a readable checkpoint" in err
+    assert err.startswith("abspo: error: --ckpt_path: ") and ("not a readable checkpoint" in err
+                                                              or "not a Lightning checkpoint" in err)
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 

@@ -127,3 +127,14 @@ def test_bad_role_mappings_are_config_errors(roles, key):
     spec = BankSpec(adapters={"attacker": LoraSpec(), "defender": LoraSpec()}, roles=roles)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         spec.validate()
+
+
+def test_export_recovers_from_a_leftover_of_a_killed_export(tmp_path):
+    bank, _ = tiny_bank()
+    target = tmp_path / "adapters" / "defender"
+    bank.export("defender", target)
+    leftover = tmp_path / "adapters" / ".defender.old"  # an export killed between its two renames leaves this
+    leftover.mkdir()
+    (leftover / "adapter_model.safetensors").write_bytes(b"stale")
+    bank.export("defender", target)
+    assert (target / "adapter_model.safetensors").is_file() and not leftover.exists()

@@ -82,7 +82,7 @@ def test_report_matches_hand_count(tmp_path, data):
     judge = MarkerJudge()
     protocol = SafetyProtocol(limit=None, templates=2, behaviours=4, seed=0, max_new_tokens=4, batch_size=5)
     report = run_safety_report(str(tmp_path / "report"), defender=str(adapter), base=TINY, judge=judge, protocol=protocol,
-                               data=data, game=GameConfig(max_new_tokens_defender=99))
+                               data=data)
 
     expected = HAND_COUNT
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -159,6 +159,12 @@ def test_bad_input_is_a_config_error_naming_file_and_line(tmp_path, data):
         run_safety_report(str(tmp_path / "r"), defender="vanilla", base=TINY, judge=MarkerJudge(), data=data)
     with pytest.raises(ConfigError, match="does not exist"):
         run_safety_report(str(tmp_path / "r"), defender=str(tmp_path / "nope"), base=TINY, judge=MarkerJudge(), data=data)
+    with pytest.raises(ConfigError, match="use --protocol.max_new_tokens 99") as info:  # not silently ignored
+        run_safety_report(str(tmp_path / "r"), base=TINY, judge=MarkerJudge(), data=data,
+                          game=GameConfig(max_new_tokens_defender=99))
+    assert info.value.key == "game.max_new_tokens_defender"
+    with pytest.raises(ConfigError, match="protocol.limit"):
+        SafetyProtocol(limit=True).validate()  # a bool is not a count
 
 
 def test_abspo_safety_report_runs_with_a_class_path_judge(tmp_path, data, capsys):

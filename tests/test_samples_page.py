@@ -44,8 +44,8 @@ def test_pages_of_a_real_run_are_escaped_and_hold_every_seed(tmp_path):
                                                   batch_size=4))
     folder = tmp_path / "samples"
     # batches 0, 1, 2 end at optimizer steps 2, 4, 6; pages after batches 0 and 2 (every 2nd batch)
-    assert sorted(p.name for p in folder.iterdir()) == ["step-2.html", "step-6.html"], "no temporary files left"
-    page = (folder / "step-6.html").read_text(encoding="utf-8")
+    assert sorted(p.name for p in folder.iterdir()) == ["batch-0.html", "batch-2.html"], "no temporary files left"
+    page = (folder / "batch-2.html").read_text(encoding="utf-8")
     assert page.index(html.escape(CONTENT_WARNING)) < page.index("Game 0"), "the warning comes first"
     assert "<script" not in page.lower(), "markup from seeds or outputs must never become live HTML"
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page

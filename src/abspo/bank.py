@@ -186,6 +186,8 @@ class AdapterBank(nn.Module):
             config.save_pretrained(tmp)
             (tmp / "abspo_role.json").write_text(json.dumps({"role": role, "adapter": adapter}) + "\n")
             old = folder.with_name(f".{folder.name}.old")
+            if old.exists():  # left by an export killed between the two renames below
+                shutil.rmtree(old)
             if folder.exists():
                 folder.rename(old)
             tmp.rename(folder)
@@ -234,6 +236,17 @@ class AdapterBank(nn.Module):
                                   f"use names from {linear}, or 'all-linear'")
 
 
+def saved_adapter_shapes(folder: Path, key: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of ``folder``'s ``adapter_model.safetensors``; a damaged file names ``key``."""
+    try:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ConfigError(key, f"{folder / 'adapter_model.safetensors'} is not a readable safetensors file "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:120]})",
+                          "re-export the adapter, or point at another folder") from None
+
+
 def check_adapter_fits(model: PeftModel, folder: Path, adapter: str, key: str, base_name: str,
                        fix: str = "use it with the base and LoRA spec it was trained with") -> None:
     """Every tensor of ``folder``'s adapter file matches a same-shaped LoRA weight of ``adapter``, and vice versa.
@@ -242,8 +255,7 @@ def check_adapter_fits(model: PeftModel, folder: Path, adapter: str, key: str, b
     the file does not cover silently keep their initial (zero) update. Either means another base (or another
     LoRA spec), so both are refused with ``key`` named.
     """
-    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
-        saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    saved = saved_adapter_shapes(folder, key)
     expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=adapter).items()}
     extra = sorted(set(saved) - set(expected))
     missing = sorted(set(expected) - set(saved))

@@ -48,6 +48,7 @@ from abspo.evaluation.safety import (
     SafetyProtocol,
     build_items,
     evaluation_game,
+    generation_record,
     render_markdown,
     run_safety_report,
     safety_report,
@@ -126,12 +127,16 @@ class AbspoCLI(LightningCLI):
         self.model.check_checkpoint(self._read_checkpoint(ckpt))
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse an unreadable --ckpt_path file with one clear line before Lightning tries to read it."""
+        """Check a --ckpt_path file early, with one clear line; never take hyperparameters from it.
+
+        Lightning's version reads ``hyper_parameters`` out of the checkpoint into the config. abspo
+        checkpoints hold none (the YAML is the whole config), and Lightning's reader turns a damaged file
+        into a traceback, so this one only checks that the file is an abspo-readable checkpoint.
+        """
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and Path(str(ckpt)).is_file():
+        if ckpt and str(ckpt) != "last" and Path(str(ckpt)).is_file():
             self._read_checkpoint(ckpt)
-        super()._parse_ckpt_path()
 
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
@@ -146,10 +151,14 @@ class AbspoCLI(LightningCLI):
                 raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
                                   "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem here
             raise ConfigError("--ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})",
                               "point it at a checkpoint written by abspo") from None
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ConfigError("--ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)",
+                              "point it at a checkpoint written by abspo")
+        return checkpoint
 
     def test(self, model: SelfPlayModule, datamodule=None, ckpt_path=None, **_) -> dict:
         """`abspo test`: the safety report of the run's defender.
@@ -174,41 +183,43 @@ class AbspoCLI(LightningCLI):
                                  batch_size=protocol.batch_size)
         out = self.run_dir() / "eval" / label
         describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
-                    "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
-                                   "defender_system_prompt": game.defender_system_prompt,
-                                   "defender_reasoning": game.defender_reasoning, "batch_size": protocol.batch_size}}
+                    "generation": generation_record(game, protocol)}
         report = safety_report(defender, model.judge, out, protocol, data, describe, items)
-        logger = self.trainer.logger
-        if logger is not None:
+        if step is not None:  # the run's own timeline: its base, or one of its checkpoints
             scalars = {}
             for bench, entry in report["benchmarks"].items():
                 rates = {entry["metric"]: entry["rate"], **{k: v["rate"] for k, v in entry.items() if isinstance(v, dict)}}
                 scalars.update({f"eval/{bench}/{k}": v for k, v in rates.items() if v is not None})
-            logger.log_metrics(scalars, step=step)
-            logger.save()
+            for logger in self.trainer.loggers:
+                logger.log_metrics(scalars, step=step)
+                logger.save()
         print(render_markdown(report))
         print(f"safety report written to {out}/report.md")
         return report
 
-    def _load_defender(self, model: SelfPlayModule, ckpt_path) -> tuple[str, int, dict[str, Any]]:
-        """Put the defender to evaluate into ``model``; returns (report label, TensorBoard step, provenance)."""
+    def _load_defender(self, model: SelfPlayModule, ckpt_path) -> tuple[str, int | None, dict[str, Any]]:
+        """Put the defender to evaluate into ``model``.
+
+        Returns (report label, TensorBoard step or None, provenance). The step is the batch index of the
+        checkpoint's last batch (the x-axis of every training scalar), 0 for the base; an adapter folder
+        from elsewhere gets None: it is not a point of this run's curves, and its report files say it all.
+        """
         if ckpt_path is None:
             return "base", 0, {"checkpoint": None}
         folder = Path(str(ckpt_path))
-        if folder.is_dir():
+        if str(ckpt_path) != "last" and folder.is_dir():
             if not (folder / "adapter_config.json").is_file() and (folder / "defender" / "adapter_config.json").is_file():
                 folder = folder / "defender"  # the run's adapters/ folder
-            spec = parse_player(str(folder), "--ckpt_path", "defender")
-            if spec.kind != "adapter":
-                raise ConfigError("--ckpt_path", f"{ckpt_path!r} is not an adapter folder or checkpoint",
-                                  "drop --ckpt_path to evaluate the base")
+            spec = parse_player(str(folder.resolve()), "--ckpt_path", "defender")  # a path, never a keyword
             model.bank.load("defender", spec.path, key="--ckpt_path")
-            return "adapter-" + default_label(spec.path).replace("/", "-"), 0, {"adapter": str(spec.path)}
+            name = default_label(spec.path) if spec.path.parent.name == "adapters" else f"{spec.path.parent.name}/{spec.path.name}"
+            return "adapter-" + name.replace("/", "-"), None, {"adapter": str(spec.path)}
         checkpoint = self._read_checkpoint(ckpt_path)
         model.check_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"], strict=False)
         step = int(checkpoint["global_step"])
-        return f"step-{step}", step, {"checkpoint": str(ckpt_path)}
+        batches = checkpoint.get("SeedDataModule", {}).get("batches_served", 0)
+        return f"step-{step}", max(0, batches - 1), {"checkpoint": str(ckpt_path)}
 
 
 # Lightning warnings that are expected for this design and would only confuse users.

@@ -32,3 +32,4 @@ def log_batch_metrics(module: L.LightningModule, metrics: Mapping[str, float], s
         return
     for logger in module.loggers:
         logger.log_metrics(values, step=step)
+        logger.save()  # as Lightning does after each log: a killed run keeps what was measured

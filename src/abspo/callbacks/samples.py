@@ -5,7 +5,8 @@ defender refuses everything, what the attacker reasons before it writes. TensorB
 ``samples_every_n_steps`` table) truncates and flattens them; this page shows whole games, one card each,
 with the attacker's hidden ``<think>`` reasoning collapsed in ``<details>``.
 
-Pages go to ``<trainer.default_root_dir>/samples/step-<global_step>.html``. They are self-contained (inline
+Pages go to ``<trainer.default_root_dir>/samples/batch-<batch index>.html`` (the batch index is the x-axis of
+every abspo scalar in TensorBoard). They are self-contained (inline
 CSS, no scripts, nothing fetched), start with a content warning (the games contain harmful requests and
 possibly harmful answers), escape every piece of model and seed text (a seed or an output containing
 ``<script>`` is shown, never run; see :mod:`abspo.evaluation.pages`), and are written atomically
@@ -78,4 +79,4 @@ class GameSamplesPage(L.Callback):
             return
         exchanges = list(getattr(module, "last_exchanges", []))[: self.max_games]
         page = render_samples_page(exchanges, trainer.global_step, index)
-        self.written.append(atomic_write(self.folder(trainer) / f"step-{trainer.global_step}.html", page))
+        self.written.append(atomic_write(self.folder(trainer) / f"batch-{index}.html", page))

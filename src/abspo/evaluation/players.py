@@ -39,7 +39,7 @@ from typing import Literal
 from peft import PeftModel
 from torch import nn
 
-from abspo.bank import check_adapter_fits
+from abspo.bank import check_adapter_fits, saved_adapter_shapes
 from abspo.errors import ConfigError
 from abspo.game import GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
 from abspo.models import BaseModel, load_base
@@ -153,6 +153,7 @@ class PlayerPool:
         for i, (folder, spec) in enumerate(folders.items()):
             name = f"player{i}"
             _warn_on_base_name(folder, base)
+            saved_adapter_shapes(folder, spec.key)  # a damaged file is one clear line, not a safetensors traceback
             try:
                 if i == 0:
                     model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)

@@ -158,7 +158,7 @@ class SafetyProtocol:
             raise ConfigError("protocol.benchmarks", f"{self.benchmarks} lists a benchmark twice", "list each once")
         for key in ("limit", "templates", "behaviours", "max_new_tokens", "batch_size"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer",
                                   "use e.g. 30" + (" or null" if key == "limit" else ""))
         if self.judge_on not in ("request", "prompt"):
@@ -168,6 +168,12 @@ class SafetyProtocol:
 def evaluation_game(game: GameConfig, protocol: SafetyProtocol) -> GameConfig:
     """The defender's game format (system prompt, reasoning) with the protocol's answer length."""
     return replace(game, max_new_tokens_defender=protocol.max_new_tokens)
+
+
+def generation_record(game: GameConfig, protocol: SafetyProtocol) -> dict[str, Any]:
+    """How the defender's answers were generated, for ``report.json``."""
+    return {"temperature": 0.0, "max_new_tokens": protocol.max_new_tokens, "batch_size": protocol.batch_size,
+            "defender_system_prompt": game.defender_system_prompt, "defender_reasoning": game.defender_reasoning}
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -427,6 +433,9 @@ def run_safety_report(
         game: Defender format (system prompt, reasoning). The answer length is protocol.max_new_tokens, the
             batch size protocol.batch_size, and decoding is greedy.
     """
+    if game.max_new_tokens_defender != GameConfig().max_new_tokens_defender:
+        raise ConfigError("game.max_new_tokens_defender", "the safety report sets the answer length in its protocol",
+                          f"use --protocol.max_new_tokens {game.max_new_tokens_defender}")
     spec = parse_player(defender, "defender", "defender")
     items = build_items(data, protocol)  # every data error before the model loads
     if judge is None:
@@ -436,8 +445,5 @@ def run_safety_report(
     pool = PlayerPool.load(base, [spec])
     game = evaluation_game(game, protocol)
     model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, protocol.batch_size)
-    describe = {"defender": spec.describe(), "base": asdict(base),
-                "generation": {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender,
-                               "defender_system_prompt": game.defender_system_prompt,
-                               "defender_reasoning": game.defender_reasoning, "batch_size": protocol.batch_size}}
+    describe = {"defender": spec.describe(), "base": asdict(base), "generation": generation_record(game, protocol)}
     return safety_report(model, judge, out, protocol, data, describe, items)
