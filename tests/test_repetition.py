@@ -32,6 +32,11 @@ def test_a_loop_is_mostly_repetition(text, expected):
     assert repetition_loop(text) is expected
 
 
+def test_exactly_half_distinct_is_not_a_loop():
+    assert distinct_window_share("a b a b", n=1) == 0.5 and not repetition_loop("a b a b", n=1)  # "fewer than half"
+    assert repetition_loop("a b a b a", n=1)  # 2 of 5 distinct
+
+
 def test_bad_window_is_refused():
     with pytest.raises(ValueError):
         distinct_window_share("x", n=0)

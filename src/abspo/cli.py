@@ -183,7 +183,7 @@ class AbspoCLI(LightningCLI):
                                  batch_size=protocol.batch_size)
         out = self.run_dir() / "eval" / label
         describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
-                    "generation": generation_record(game, protocol)}
+                    "generation": generation_record(defender)}
         report = safety_report(defender, model.judge, out, protocol, data, describe, items)
         if step is not None:  # the run's own timeline: its base, or one of its checkpoints
             scalars = {}

@@ -170,9 +170,11 @@ def evaluation_game(game: GameConfig, protocol: SafetyProtocol) -> GameConfig:
     return replace(game, max_new_tokens_defender=protocol.max_new_tokens)
 
 
-def generation_record(game: GameConfig, protocol: SafetyProtocol) -> dict[str, Any]:
-    """How the defender's answers were generated, for ``report.json``."""
-    return {"temperature": 0.0, "max_new_tokens": protocol.max_new_tokens, "batch_size": protocol.batch_size,
+def generation_record(defender: ModelDefender) -> dict[str, Any]:
+    """How ``defender`` generates its answers, for ``report.json``: read from the defender that runs, so the
+    record cannot claim a setting that was not used."""
+    game = defender.game
+    return {"temperature": 0.0, "max_new_tokens": game.max_new_tokens_defender, "batch_size": defender.batch_size,
             "defender_system_prompt": game.defender_system_prompt, "defender_reasoning": game.defender_reasoning}
 
 
@@ -445,5 +447,5 @@ def run_safety_report(
     pool = PlayerPool.load(base, [spec])
     game = evaluation_game(game, protocol)
     model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, protocol.batch_size)
-    describe = {"defender": spec.describe(), "base": asdict(base), "generation": generation_record(game, protocol)}
+    describe = {"defender": spec.describe(), "base": asdict(base), "generation": generation_record(model)}
     return safety_report(model, judge, out, protocol, data, describe, items)
