@@ -172,3 +172,17 @@ def test_default_attacker_templates_contain_the_seed():
 def test_defender_message_reasoning_suffix_only_when_asked():
     assert defender_message(GameConfig(), "Q?") == "Q?"
     assert defender_message(GameConfig(defender_reasoning=True), "Q?") == "Q?" + REASONING_SUFFIX
+
+
+def test_turn_readers_shared_by_training_and_evaluation():
+    from abspo.game import GameConfig, read_attacker_turn, read_defender_turn
+
+    cfg = GameConfig()  # attacker prefill "<think>"
+    output, parsed = read_attacker_turn(cfg, "plan</think><answer>rewrite</answer>", "seed")
+    assert output == cfg.attacker_prefill + "plan</think><answer>rewrite</answer>"
+    assert (parsed.text, parsed.well_formed) == ("rewrite", True)
+    output, parsed = read_attacker_turn(cfg, "", "the seed")
+    assert (parsed.text, parsed.well_formed) == ("the seed", False), "nothing left: the seed goes to the defender"
+    assert read_defender_turn(cfg, "  plain answer \n") == ("plain answer", None)
+    reasoning = GameConfig(defender_reasoning=True)
+    assert read_defender_turn(reasoning, "<think>x</think><answer>ok</answer>") == ("ok", True)

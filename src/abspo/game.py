@@ -133,3 +133,30 @@ def chat_prompt(tokenizer, user: str, system: str | None = None, prefill: str = 
     else:
         text = (f"{system}\n\n" if system else "") + f"User: {user}\nAssistant: "
     return text + prefill
+
+
+# -- one turn of each role: the rendering and reading that training and evaluation share -----------------------
+def attacker_prompt(tokenizer, cfg: GameConfig, seed: str, harmful: bool) -> str:
+    """The attacker's rendered turn: the template for the seed's label in the chat template, then the prefill."""
+    return chat_prompt(tokenizer, attacker_instruction(cfg, seed, harmful), prefill=cfg.attacker_prefill)
+
+
+def read_attacker_turn(cfg: GameConfig, completion: str, seed: str) -> tuple[str, ParsedTurn]:
+    """(the attacker's whole output, prefill included; its parse). ``parse.text`` is what the defender sees:
+    the ``<answer>``, or best-effort text when malformed, or the seed itself when nothing is left."""
+    output = cfg.attacker_prefill + completion
+    return output, parse_reasoning_turn(output, fallback=seed)
+
+
+def defender_prompt(tokenizer, cfg: GameConfig, prompt: str) -> str:
+    """The defender's rendered turn: its system prompt and the prompt (with the reasoning request if on)."""
+    return chat_prompt(tokenizer, defender_message(cfg, prompt), cfg.defender_system_prompt)
+
+
+def read_defender_turn(cfg: GameConfig, output: str) -> tuple[str, bool | None]:
+    """(what the judge sees of a defender output, whether it followed the format). Under
+    ``defender_reasoning`` that is the ``<answer>``; otherwise the stripped output, and the format is None."""
+    if cfg.defender_reasoning:
+        parsed = parse_reasoning_turn(output)
+        return parsed.text, parsed.well_formed
+    return output.strip(), None

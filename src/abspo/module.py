@@ -35,7 +35,8 @@ from abspo.bank import ROLES, AdapterBank, BankSpec
 from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
-from abspo.game import Exchange, GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
+from abspo.game import (Exchange, GameConfig, attacker_prompt, defender_prompt, read_attacker_turn,
+                        read_defender_turn)
 from abspo.judges.base import Judge
 from abspo.models import BaseModel, load_base, meta_model
 from abspo.rewards import resolve_table, score_exchanges
@@ -162,34 +163,27 @@ class SelfPlayModule(L.LightningModule):
         self.bank.model.eval()
         revised = [e for e in exchanges if e.revised]
         if revised:
-            prompts = [chat_prompt(self.tokenizer, attacker_instruction(self.game, e.seed, e.seed_harmful),
-                                   prefill=self.game.attacker_prefill) for e in revised]
+            prompts = [attacker_prompt(self.tokenizer, self.game, e.seed, e.seed_harmful) for e in revised]
             with self.bank.role("attacker") as model:
                 gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_attacker,
                                self.game.temperature, self.game.top_p, sync)
             self._generated_tokens += sum(len(c) for c in gen.completion_ids)
             for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
-                e.attacker_output = self.game.attacker_prefill + text
-                parsed = parse_reasoning_turn(e.attacker_output, fallback=e.seed)
+                e.attacker_output, parsed = read_attacker_turn(self.game, text, e.seed)
                 e.attacker_well_formed = parsed.well_formed
                 e.prompt = parsed.text
                 e.turns["attacker"] = (p_ids, c_ids)
         for e in exchanges:
             if not e.revised:
                 e.prompt = e.seed
-        prompts = [chat_prompt(self.tokenizer, defender_message(self.game, e.prompt), self.game.defender_system_prompt)
-                   for e in exchanges]
+        prompts = [defender_prompt(self.tokenizer, self.game, e.prompt) for e in exchanges]
         with self.bank.role("defender") as model:
             gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
                            self.game.temperature, self.game.top_p, sync)
         self._generated_tokens += sum(len(c) for c in gen.completion_ids)
         for e, p_ids, c_ids, text in zip(exchanges, gen.prompt_ids, gen.completion_ids, gen.texts):
             e.defender_output = text
-            if self.game.defender_reasoning:
-                parsed = parse_reasoning_turn(text)
-                e.response, e.defender_well_formed = parsed.text, parsed.well_formed
-            else:
-                e.response = text.strip()
+            e.response, e.defender_well_formed = read_defender_turn(self.game, text)
             e.turns["defender"] = (p_ids, c_ids)
         verdicts = self.judge.score([e.prompt for e in exchanges], [e.response for e in exchanges],
                                     [e.seed_harmful for e in exchanges])

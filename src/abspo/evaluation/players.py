@@ -41,7 +41,7 @@ from torch import nn
 
 from abspo.bank import check_adapter_fits, saved_adapter_shapes
 from abspo.errors import ConfigError
-from abspo.game import GameConfig, attacker_instruction, chat_prompt, defender_message, parse_reasoning_turn
+from abspo.game import GameConfig, attacker_prompt, defender_prompt, read_attacker_turn, read_defender_turn
 from abspo.models import BaseModel, load_base
 from abspo.rollout import generate
 
@@ -233,13 +233,11 @@ def vanilla_rewrites(seeds: Sequence[str]) -> list[Rewrite]:
 def attacker_rewrites(model, tokenizer, seeds: Sequence[str], game: GameConfig, batch_size: int,
                       harmful: bool = True) -> list[Rewrite]:
     """One greedy attacker turn per seed, with the game's attacker template and prefill."""
-    prompts = [chat_prompt(tokenizer, attacker_instruction(game, s, harmful), prefill=game.attacker_prefill)
-               for s in seeds]
+    prompts = [attacker_prompt(tokenizer, game, s, harmful) for s in seeds]
     texts = generate_greedy(model, tokenizer, prompts, game.max_new_tokens_attacker, batch_size)
     out = []
     for seed, text in zip(seeds, texts):
-        output = game.attacker_prefill + text
-        parsed = parse_reasoning_turn(output, fallback=seed)
+        output, parsed = read_attacker_turn(game, text, seed)
         out.append(Rewrite(seed, parsed.text, output, parsed.well_formed))
     return out
 
@@ -256,16 +254,13 @@ class Reply:
 
 
 def visible_reply(game: GameConfig, output: str) -> Reply:
-    """The part of a defender's output the judge sees (the same rule as in training)."""
-    if game.defender_reasoning:
-        parsed = parse_reasoning_turn(output)
-        return Reply(output, parsed.text, parsed.well_formed)
-    return Reply(output, output.strip())
+    """The part of a defender's output the judge sees (the rule training uses: :func:`abspo.game.read_defender_turn`)."""
+    return Reply(output, *read_defender_turn(game, output))
 
 
 def defender_replies(model, tokenizer, prompts: Sequence[str], game: GameConfig, batch_size: int) -> list[Reply]:
     """One greedy defender turn per prompt, with the game's system prompt and reasoning format."""
-    rendered = [chat_prompt(tokenizer, defender_message(game, p), game.defender_system_prompt) for p in prompts]
+    rendered = [defender_prompt(tokenizer, game, p) for p in prompts]
     texts = generate_greedy(model, tokenizer, rendered, game.max_new_tokens_defender, batch_size)
     return [visible_reply(game, t) for t in texts]
 
