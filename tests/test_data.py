@@ -202,22 +202,14 @@ def test_state_dict_round_trip_resumes_at_saved_batch(tmp_path, load_before_setu
     assert [g.seeds for g in got] == [u.seeds for u in uninterrupted[3:6]]
 
 
-def test_harmful_sources_filtering_everything_out(tmp_path):
+@pytest.mark.parametrize("label", ["harmful", "benign"])
+def test_source_filter_that_leaves_nothing_names_the_key(tmp_path, label):
     h, b = seed_files(tmp_path, source="kit")
-    dm = SeedDataModule(harmful=[str(h)], benign=[str(b)], harmful_sources=["other"], harmful_fraction=0.5)
+    dm = SeedDataModule(harmful=[str(h)], benign=[str(b)], harmful_fraction=0.5, **{f"{label}_sources": ["other"]})
     with pytest.raises(ConfigError) as err:
         dm.setup("fit")
-    assert err.value.key == "data.harmful"
-    assert "data.harmful" in str(err.value) and "harmful_sources" in str(err.value)
-
-
-def test_benign_sources_filtering_everything_out(tmp_path):
-    h, b = seed_files(tmp_path, source="kit")
-    dm = SeedDataModule(harmful=[str(h)], benign=[str(b)], benign_sources=["other"], harmful_fraction=0.5)
-    with pytest.raises(ConfigError) as err:
-        dm.setup("fit")
-    assert err.value.key == "data.benign"
-    assert "benign_sources" in str(err.value)
+    assert err.value.key == f"data.{label}"
+    assert f"data.{label}" in str(err.value) and f"{label}_sources" in str(err.value)
 
 
 def test_sources_filter_keeps_listed_sources(tmp_path):
