@@ -61,7 +61,7 @@ from abspo.evaluation.players import (
     parse_players,
     vanilla_rewrites,
 )
-from abspo.evaluation.safety import load_requests, seeded_sample
+from abspo.evaluation.safety import check_count, check_judge_on, load_requests, seeded_sample
 from abspo.evaluation.stats import Proportion, proportion
 from abspo.game import GameConfig
 from abspo.judges.base import Judge
@@ -88,12 +88,9 @@ class CrossplayProtocol:
     """Prompts per generate call."""
 
     def validate(self) -> None:
-        if self.n_seeds is not None and (not isinstance(self.n_seeds, int) or self.n_seeds < 1):
-            raise ConfigError("protocol.n_seeds", f"{self.n_seeds!r} is not a positive integer", "use e.g. 32, or null for all")
-        if self.batch_size < 1:
-            raise ConfigError("protocol.batch_size", f"{self.batch_size!r} is not a positive integer", "use e.g. 16")
-        if self.judge_on not in ("request", "prompt"):
-            raise ConfigError("protocol.judge_on", f"unknown value {self.judge_on!r}", "use 'request' or 'prompt'")
+        check_count("protocol.n_seeds", self.n_seeds, "32, or null for all")
+        check_count("protocol.batch_size", self.batch_size, "16")
+        check_judge_on("protocol.judge_on", self.judge_on)
 
 
 def load_seeds(cfg: CrossplayProtocol) -> list[str]:

@@ -157,12 +157,20 @@ class SafetyProtocol:
         if len(set(self.benchmarks)) != len(self.benchmarks):
             raise ConfigError("protocol.benchmarks", f"{self.benchmarks} lists a benchmark twice", "list each once")
         for key in ("limit", "templates", "behaviours", "max_new_tokens", "batch_size"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"protocol.{key}", f"{value!r} is not a positive integer",
-                                  "use e.g. 30" + (" or null" if key == "limit" else ""))
-        if self.judge_on not in ("request", "prompt"):
-            raise ConfigError("protocol.judge_on", f"unknown value {self.judge_on!r}", "use 'request' or 'prompt'")
+            check_count(f"protocol.{key}", getattr(self, key), "30" + (" or null" if key == "limit" else ""))
+        check_judge_on("protocol.judge_on", self.judge_on)
+
+
+def check_count(key: str, value: Any, example: str) -> None:
+    """Refuse anything but a positive integer (a bool is not a count), naming ``key``; ``None`` passes."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(key, f"{value!r} is not a positive integer", f"use e.g. {example}")
+
+
+def check_judge_on(key: str, value: Any) -> None:
+    """What an evaluation judges a response against: the underlying request, or the prompt as sent."""
+    if value not in ("request", "prompt"):
+        raise ConfigError(key, f"unknown value {value!r}", "use 'request' or 'prompt'")
 
 
 def evaluation_game(game: GameConfig, protocol: SafetyProtocol) -> GameConfig:
