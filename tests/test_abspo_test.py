@@ -139,3 +139,20 @@ def test_help_shows_the_field_docstrings(capsys):
     with pytest.raises(SystemExit):
         main(["crossplay", "--help"])
     assert "Each 'vanilla' (seeds unchanged)" in capsys.readouterr().out  # run_crossplay's Args section
+
+
+def test_a_checkpoint_file_is_read_once(tmp_path, monkeypatch):
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "2"])
+    ckpt = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):  # the real torch.load, counted
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    cli_main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--ckpt_path", str(ckpt),
+              "--eval.benchmarks", "[benign]", *SMALL])
+    assert reads.count(str(ckpt)) == 1, "checked early and used later: one read"
+    assert (tmp_path / "tiny" / "eval" / "step-2" / "report.json").is_file()

@@ -124,19 +124,25 @@ class AbspoCLI(LightningCLI):
                                   "resume it with --ckpt_path last, pick another --run.name, "
                                   "or pass --run.overwrite true to replace it")
             return
-        self.model.check_checkpoint(self._read_checkpoint(ckpt))
+        self.model.check_checkpoint(self._take_checkpoint(ckpt))
 
     def _parse_ckpt_path(self) -> None:
-        """Check a --ckpt_path file early, with one clear line; never take hyperparameters from it.
+        """Read a --ckpt_path checkpoint file once, early, with one clear line on failure; take no hyperparameters.
 
         Lightning's version reads ``hyper_parameters`` out of the checkpoint into the config. abspo
         checkpoints hold none (the YAML is the whole config), and Lightning's reader turns a damaged file
-        into a traceback, so this one only checks that the file is an abspo-readable checkpoint.
+        into a traceback. This runs before the models load, so a bad file fails at once; the checkpoint it
+        read is kept for :meth:`_take_checkpoint` (at Qwen scale it is gigabytes: read it once, not twice).
         """
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and str(ckpt) != "last" and Path(str(ckpt)).is_file():
-            self._read_checkpoint(ckpt)
+        if ckpt and str(ckpt) != "last" and Path(str(ckpt)).is_file():  # `last` needs the run folder: read later
+            self._checkpoint = self._read_checkpoint(ckpt)
+
+    def _take_checkpoint(self, ckpt) -> dict:
+        """The checkpoint :meth:`_parse_ckpt_path` read (released here), else read now."""
+        checkpoint = self.__dict__.pop("_checkpoint", None)
+        return checkpoint if checkpoint is not None else self._read_checkpoint(ckpt)
 
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
@@ -214,7 +220,7 @@ class AbspoCLI(LightningCLI):
             model.bank.load("defender", spec.path, key="--ckpt_path")
             name = default_label(spec.path) if spec.path.parent.name == "adapters" else f"{spec.path.parent.name}/{spec.path.name}"
             return "adapter-" + name.replace("/", "-"), None, {"adapter": str(spec.path)}
-        checkpoint = self._read_checkpoint(ckpt_path)
+        checkpoint = self._take_checkpoint(ckpt_path)
         model.check_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"], strict=False)
         step = int(checkpoint["global_step"])
