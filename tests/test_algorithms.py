@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from abspo.algorithms import (
+    advantages,
+    objective,
     grpo_advantages,
     kl_k1,
     kl_k3,
@@ -244,3 +246,74 @@ def test_policy_loss_ratio_inside_clip_range_equals_unclipped():
     # (-2 * 1.1 + 3 * 0.9) / 2 = (-2.2 + 2.7) / 2 = 0.25
     close(loss, 0.25)
     close(clip_frac, 0.0)
+
+
+# -- advantages(): the estimator and the KL placement in one place ---------------------------------------------
+
+
+def trl_grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """TRL GRPOTrainer's formula (scale_rewards="group"), written out: consecutive groups of ``group_size``,
+    (r - group mean) / (unbiased group std + 1e-4)."""
+    grouped = rewards.view(-1, group_size)
+    mean = grouped.mean(1).repeat_interleave(group_size)
+    std = grouped.std(1).repeat_interleave(group_size)
+    return (rewards - mean) / (std + 1e-4)
+
+
+def test_grpo_advantages_match_trls_formula_on_identical_inputs():
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.randint(-3, 4, (32,), generator=g).float()
+    rewards[:4] = 2.0  # one group of equal rewards: TRL gives 0
+    groups = torch.arange(32) // 4
+    out = advantages("grpo", rewards, torch.zeros(32, 5), torch.ones(32, 5), kl_coef=0.01, groups=groups)
+    torch.testing.assert_close(out[:, 0], trl_grpo_advantages(rewards, 4), atol=2e-3, rtol=1e-3)  # eps differs
+    assert (out == out[:, :1]).all(), "no KL: the sequence advantage on every token"
+    assert (out[:4] == 0).all()
+
+
+@pytest.mark.parametrize("kl_coef", [0.01, 0.001, 0.0001])
+def test_grpo_equal_rewards_advantage_is_only_the_small_kl_penalty(kl_coef):
+    # The trap: KL folded into the reward before the group standardisation gives ±1 of standardised KL noise
+    # whatever kl_coef is. Standardise the task reward (all equal -> 0), then add -kl_coef * reward-to-go(k1).
+    kl = torch.tensor([[0.3, -0.1, 0.2], [0.05, 0.4, 0.0], [-0.2, 0.1, 0.1], [0.0, 0.0, 0.6]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    out = advantages("grpo", torch.ones(4), kl, mask, kl_coef, groups=torch.zeros(4, dtype=torch.long))
+    # row 0 reward-to-go of k1: [0.4, 0.1, 0.2]; row 1: [0.45, 0.4, pad]; row 3: [0.0, pad, pad]
+    close(out[0], [-0.4 * kl_coef, -0.1 * kl_coef, -0.2 * kl_coef], atol=1e-7)
+    close(out[1], [-0.45 * kl_coef, -0.4 * kl_coef, 0.0], atol=1e-7)
+    close(out[3], [0.0, 0.0, 0.0], atol=0.0)
+
+
+def test_grpo_kl_is_added_after_standardisation():
+    rewards, groups = torch.tensor([0.0, 2.0]), torch.tensor([0, 0])
+    kl = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    # task: [0, 2], mean 1, unbiased std sqrt2 -> -1/sqrt2, +1/sqrt2; row 0 then minus 0.5 * reward-to-go [2, 1]
+    out = advantages("grpo", rewards, kl, torch.ones(2, 2), kl_coef=0.5, groups=groups)
+    close(out, [[-1 / SQRT2 - 1.0, -1 / SQRT2 - 0.5], [1 / SQRT2, 1 / SQRT2]])
+
+
+def test_reinforce_pp_through_advantages_equals_the_direct_path():
+    rewards = torch.tensor([1.0, 3.0, -1.0])
+    kl = torch.tensor([[0.1, 0.2], [0.0, -0.3], [0.5, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    close(advantages("reinforce_pp", rewards, kl, mask, 0.1),
+          reinforce_pp_advantages(normalize_rewards(rewards), kl, mask, 0.1))
+    close(advantages("reinforce_pp", rewards, kl, mask, 0.1, normalize_rewards_first=False),
+          reinforce_pp_advantages(rewards, kl, mask, 0.1))
+
+
+def test_objective_adds_k3_only_when_the_kl_is_in_the_loss():
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-2.0, -1.0]])
+    adv = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    # ratio 1: policy term mean(-adv) = 0; k3 tokens e^-1 and e - 2 -> mean (e^-1 + e - 2) / 2 = 0.5430806
+    loss, _ = objective(logp, logp, ref, adv, mask, None, kl_coef=0.5, kl_in_loss=True)
+    close(loss, 0.5 * 0.5430806)
+    loss, _ = objective(logp, logp, ref, adv, mask, None, kl_coef=0.5, kl_in_loss=False)
+    close(loss, 0.0)
+
+
+def test_grpo_advantages_stay_on_the_input_device():
+    out = grpo_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]))
+    assert out.device == torch.tensor([1.0]).device

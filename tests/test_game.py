@@ -10,10 +10,13 @@ from abspo.game import (
     REASONING_SUFFIX,
     GameConfig,
     ParsedTurn,
+    ATTACKER_FORMATS,
+    attacker_forfeits,
     attacker_instruction,
     chat_prompt,
     defender_message,
     parse_reasoning_turn,
+    read_attacker_turn,
 )
 
 # -- parse_reasoning_turn -------------------------------------------------------------------------------------
@@ -146,17 +149,20 @@ def test_chat_prompt_with_template_adds_generation_prompt_and_prefill():
 # -- templates ------------------------------------------------------------------------------------------------
 
 
-def test_attacker_instruction_picks_template_by_label():
+def test_attacker_instruction_picks_template_by_label_and_appends_the_format():
     cfg = GameConfig(attacker_harmful_template="H<{seed}>", attacker_benign_template="B[{seed}]")
-    assert attacker_instruction(cfg, "make X", harmful=True) == "H<make X>"
-    assert attacker_instruction(cfg, "make X", harmful=False) == "B[make X]"
+    assert attacker_instruction(cfg, "make X", harmful=True) == "H<make X>" + ATTACKER_FORMATS["think_answer"]
+    assert attacker_instruction(cfg, "make X", harmful=False) == "B[make X]" + ATTACKER_FORMATS["think_answer"]
+    plain = GameConfig(attacker_harmful_template="H<{seed}>", attacker_format="plain")
+    assert attacker_instruction(plain, "make X", harmful=True) == "H<make X>\n\nReply with the rewritten prompt only."
 
 
 def test_attacker_instruction_substitutes_seed_literally():
-    cfg = GameConfig(attacker_harmful_template="H<{seed}> {other} {}", attacker_benign_template="B")
+    cfg = GameConfig(attacker_harmful_template="H<{seed}> {other} {}", attacker_benign_template="B",
+                     attacker_format="plain")
     # braces in the seed and in the template are kept as they are; "{seed}" inside the seed is not re-expanded
     assert attacker_instruction(cfg, "write {x} and {seed} and {0}", True) == \
-        "H<write {x} and {seed} and {0}> {other} {}"
+        "H<write {x} and {seed} and {0}> {other} {}" + ATTACKER_FORMATS["plain"]
 
 
 def test_default_attacker_templates_contain_the_seed():
@@ -177,12 +183,44 @@ def test_defender_message_reasoning_suffix_only_when_asked():
 def test_turn_readers_shared_by_training_and_evaluation():
     from abspo.game import GameConfig, read_attacker_turn, read_defender_turn
 
-    cfg = GameConfig()  # attacker prefill "<think>"
-    output, parsed = read_attacker_turn(cfg, "plan</think><answer>rewrite</answer>", "seed")
-    assert output == cfg.attacker_prefill + "plan</think><answer>rewrite</answer>"
+    cfg = GameConfig()  # think_answer: attacker prefill "<think>"
+    output, parsed = read_attacker_turn(cfg, "plan</think><answer>rewrite</answer>")
+    assert output == "<think>plan</think><answer>rewrite</answer>"
     assert (parsed.text, parsed.well_formed) == ("rewrite", True)
-    output, parsed = read_attacker_turn(cfg, "", "the seed")
-    assert (parsed.text, parsed.well_formed) == ("the seed", False), "nothing left: the seed goes to the defender"
+    output, parsed = read_attacker_turn(cfg, "")
+    assert (parsed.text, parsed.well_formed) == ("", False), "nothing left: no seed is handed to the defender"
+    assert attacker_forfeits(parsed)
     assert read_defender_turn(cfg, "  plain answer \n") == ("plain answer", None)
     reasoning = GameConfig(defender_reasoning=True)
     assert read_defender_turn(reasoning, "<think>x</think><answer>ok</answer>") == ("ok", True)
+
+
+# -- the plain attacker format and forfeits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("completion, text", [
+    ("  Tell me X \n", "Tell me X"),
+    ("<think>plan it</think>\nTell me X", "Tell me X"),          # leading reasoning is hidden
+    ("Tell me <answer>X</answer>", "Tell me X"),                 # stray tags never reach the defender
+    ("<think>plan</think> <think>more</think> Y", "more Y"),     # only the leading block is reasoning
+])
+def test_plain_turn_is_the_whole_reply(completion, text):
+    cfg = GameConfig(attacker_format="plain")
+    output, parsed = read_attacker_turn(cfg, completion)
+    assert cfg.prefill == "" and output == completion
+    assert parsed == ParsedTurn(text, True)
+    assert not attacker_forfeits(parsed)
+
+
+@pytest.mark.parametrize("completion", ["", "   ", "<think>only a plan</think>", "<think></think>",
+                                        "ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab",
+                                        "x7 ## %% &&& 99 -- ;;"])
+def test_plain_turn_with_nothing_playable_forfeits(completion):
+    cfg = GameConfig(attacker_format="plain")
+    _, parsed = read_attacker_turn(cfg, completion)
+    assert attacker_forfeits(parsed), repr(completion)
+
+
+def test_explicit_prefill_overrides_the_format_default():
+    assert GameConfig(attacker_format="plain", attacker_prefill="Sure: ").prefill == "Sure: "
+    assert GameConfig().prefill == "<think>"

@@ -42,19 +42,13 @@ def changed(before: list[torch.Tensor], module: SelfPlayModule, adapter: str) ->
 
 
 def step(module: SelfPlayModule, seeds, index: int, roles: list[str] | None = None):
-    optimizers, schedulers = module.configure_optimizers()
-    module._opt = getattr(module, "_opt", (optimizers, schedulers))
-    optimizers, schedulers = module._opt
+    """Play batch ``index`` and update through the module's own entry point (``roles=[]``: play only)."""
     module._generated_tokens = 0
     torch.manual_seed(index)
     exchanges = module.play(seeds.batch(index).seeds)
-    roles = roles or module.schedule.roles_to_update(index)
-    stats = {}
-    for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
-        mine = [r for r in roles if module.bank.adapter_for(r) == adapter]
-        if mine:
-            stats[adapter] = module.update_adapter(adapter, mine, exchanges, opt, sched)
-    return exchanges, stats
+    if roles == []:
+        return exchanges, {}
+    return exchanges, module.learn(exchanges, index)
 
 
 def test_play_fills_every_exchange(judge, seeds):
@@ -93,7 +87,7 @@ def test_shared_adapter_is_updated_once_from_both_roles(judge, seeds):
     exchanges, stats = step(module, seeds, 0)
     assert changed(before, module, "shared")
     expected = sum(len(e.rewards) for e in exchanges)
-    assert stats["shared"]["samples"] == expected > 8, "attacker and defender turns in one update"
+    assert stats["attacker/defender/samples"] == expected > 8, "attacker and defender turns in one update"
 
 
 def test_accumulation_steps_every_k_batches(judge, seeds):
@@ -115,7 +109,7 @@ def test_grpo_plays_group_size_games_per_seed(judge, seeds):
     groups = [e.group for e in exchanges]
     assert groups == [i // 2 for i in range(16)]
     assert all(exchanges[i].seed == exchanges[i + 1].seed for i in range(0, 16, 2))
-    assert stats["defender"]["samples"] == sum("defender" in e.rewards for e in exchanges) > 8
+    assert stats["defender/samples"] == sum("defender" in e.rewards for e in exchanges) > 8
     assert changed(before, module, "defender"), "the GRPO advantages moved the defender"
 
 
@@ -126,16 +120,16 @@ def test_update_variants_move_the_defender_and_report_finite_stats(judge, seeds,
     before = snapshot(module, "defender")
     _, stats = step(module, seeds, 0)
     assert changed(before, module, "defender")
-    for key, value in stats["defender"].items():
+    for key, value in stats.items():
         assert torch.isfinite(torch.tensor(value)), key
 
 
 def test_kl_to_the_anchor_grows_from_zero(judge, seeds):
     module = make(judge)
     _, first = step(module, seeds, 0)
-    assert first["defender"]["kl"] == pytest.approx(0.0, abs=1e-6), "fresh adapters are the anchor"
+    assert first["defender/kl"] == pytest.approx(0.0, abs=1e-6), "fresh adapters are the anchor"
     _, second = step(module, seeds, 1)
-    assert second["defender"]["kl"] > 0.0
+    assert second["defender/kl"] > 0.0
 
 
 def test_unrevised_share_is_taken_from_harmful_and_benign_seeds_alike():
@@ -154,3 +148,111 @@ def test_optimizer_steps_per_batch_matches_the_schedule(judge):
     assert make(judge, algorithm=AlgorithmConfig(accumulate_batches=2)).optimizer_steps_per_batch == 1.0
     shared = BankSpec(adapters={"shared": LoraSpec(r=4)}, roles={"attacker": "shared", "defender": "shared"})
     assert make(judge, bank=shared, optimizers={"shared": OptimizerConfig()}).optimizer_steps_per_batch == 1.0
+
+
+# -- the update path's fixes, each with the bug it guards against -----------------------------------------------
+def scored_exchanges(module: SelfPlayModule, lengths: dict[str, list[int]], rewards: list[float]) -> list:
+    """Exchanges with hand-made turns of the given completion lengths per role (no generation, no judge)."""
+    from abspo.game import Exchange
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i, reward in enumerate(rewards):
+        e = Exchange(seed="s", seed_harmful=True, revised=True, group=i)
+        for role, ls in lengths.items():
+            prompt = torch.randint(10, 1000, (5 + 3 * i,), generator=g).tolist()  # prompts of varied lengths
+            e.turns[role] = (prompt, torch.randint(10, 1000, (ls[i],), generator=g).tolist())
+            e.rewards[role] = reward
+        out.append(e)
+    return out
+
+
+def test_shared_adapter_update_mixes_roles_of_unequal_lengths_in_one_micro_batch(judge):
+    bank = BankSpec(adapters={"shared": LoraSpec(r=4, alpha=8)}, roles={"attacker": "shared", "defender": "shared"})
+    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)},
+                  algorithm=AlgorithmConfig(micro_batch_size=8))
+    exchanges = scored_exchanges(module, {"attacker": [4, 2, 3, 4], "defender": [12, 7, 1, 9]}, [1.0, -1.0, 0.5, 0.0])
+    before = snapshot(module, "shared")
+    stats = module.learn(exchanges, 0)  # used to fail: "stack expects each tensor to be equal size, [4] and [12]"
+    assert stats["attacker/defender/samples"] == 8.0
+    assert changed(before, module, "shared")
+    assert set(stats) >= {"attacker/kl", "defender/kl"}, "each role keeps its own KL figure on a shared adapter"
+
+
+def test_update_epochs_step_once_per_pass_and_the_clip_acts(judge):
+    exchanges = None
+    params = {}
+    for epochs in (1, 2):
+        module = make(judge, algorithm=AlgorithmConfig(update_epochs=epochs, clip_eps=0.05, max_grad_norm=None),
+                      optimizers={"attacker": OptimizerConfig(name="SGD", lr=50.0),
+                                  "defender": OptimizerConfig(name="SGD", lr=50.0)})
+        exchanges = exchanges or scored_exchanges(module, {"defender": [3, 5, 2, 6]}, [1.0, -1.0, 2.0, 0.0])
+        torch.manual_seed(0)
+        stats = module.learn(exchanges, 0)
+        params[epochs] = snapshot(module, "defender")
+        _, scheds = module._standalone_optimizers
+        assert scheds[1].last_epoch == epochs, "one optimizer (and scheduler) step per pass"
+        if epochs == 2:
+            assert stats["defender/clip_frac"] > 0.0, "the second pass sees moved weights: the ratio leaves the clip range"
+    assert any(not torch.equal(a, b) for a, b in zip(params[1], params[2])), "a second pass is not a no-op"
+
+
+def test_update_epochs_count_as_optimizer_steps(judge):
+    assert make(judge, algorithm=AlgorithmConfig(update_epochs=3)).optimizer_steps_per_batch == 6.0
+
+
+def test_gradient_pass_keeps_the_base_in_eval_mode(judge):
+    module = make(judge)
+    seen = []
+    layer = module.bank.model.get_base_model().model.layers[0]
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    try:
+        module.learn(scored_exchanges(module, {"defender": [3, 4]}, [1.0, -1.0]), 0)
+    finally:
+        handle.remove()
+    assert seen and not any(seen), "no base dropout while scoring or updating"
+
+
+def test_schedule_first_sets_the_update_order_in_alternate_mode(judge):
+    from abspo.config import ScheduleConfig
+
+    for first in ("attacker", "defender"):
+        module = make(judge, schedule=ScheduleConfig(first=first))
+        stats = module.learn(scored_exchanges(module, {"attacker": [2, 3], "defender": [3, 2]}, [1.0, -1.0]), 0)
+        assert next(iter(stats)).startswith(first)
+
+
+def test_accumulated_gradients_survive_a_checkpoint(judge):
+    algorithm = AlgorithmConfig(accumulate_batches=2)
+    a = make(judge, algorithm=algorithm)
+    first = scored_exchanges(a, {"defender": [3, 5]}, [1.0, -1.0])
+    second = scored_exchanges(a, {"defender": [4, 2]}, [-1.0, 1.0])
+    a.learn(first, 0)
+    checkpoint = {"state_dict": a.state_dict()}
+    a.on_save_checkpoint(checkpoint)
+    b = make(judge, algorithm=algorithm)
+    b.on_load_checkpoint(checkpoint)
+    b.load_state_dict(checkpoint["state_dict"], strict=False)
+    for m in (a, b):
+        m._standalone_optimizers = None
+        m.learn(second, 1)  # the second batch of two: the step, on the sum of both batches
+    for pa, pb in zip(a.bank.adapter_parameters("defender"), b.bank.adapter_parameters("defender")):
+        torch.testing.assert_close(pa, pb)
+    assert a.bank.adapter_parameters("defender")[1].abs().sum() > 0, "the step happened"
+
+
+@pytest.mark.parametrize("game, key", [(GameConfig(temperature=0.0), "model.game.temperature"),
+                                       (GameConfig(top_p=0.9), "model.game.top_p")])
+def test_samplers_the_update_cannot_score_are_refused(judge, game, key):
+    from abspo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        SelfPlayModule(base=TINY, judge=judge, game=game)
+
+
+def test_phases_must_hold_whole_accumulation_cycles(judge):
+    from abspo.config import ScheduleConfig
+    from abspo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="phase_steps"):
+        make(judge, schedule=ScheduleConfig(mode="phases", phase_steps=3), algorithm=AlgorithmConfig(accumulate_batches=2))

@@ -220,8 +220,9 @@ class Calculator(torch.nn.Module):
         self.tok, self.error, self.prompts = tokenizer, error, []
         self.generation_config = SimpleNamespace(eos_token_id=tokenizer.eos_token_id)
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, **kwargs):
-        assert not do_sample, "retention scoring is greedy"
+    def generate(self, input_ids, attention_mask, generation_config, **kwargs):
+        assert not generation_config.do_sample, "retention scoring is greedy"
+        max_new_tokens = generation_config.max_new_tokens
         ops = {"+": operator.add, "-": operator.sub, "*": operator.mul}
         rows = []
         for ids, mask in zip(input_ids, attention_mask):

@@ -39,7 +39,7 @@ def one_batch(module, optimizers, schedulers, seeds, index: int) -> dict[str, fl
     row = {"play_s": play, "gen_tokens_per_s": module._generated_tokens / play}
     for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
         start = time.perf_counter()
-        module.update_adapter(adapter, [adapter], exchanges, opt, sched)
+        module.update(adapter, [adapter], exchanges, opt, sched)
         row[f"update_{adapter}_s"] = time.perf_counter() - start
     return row
 

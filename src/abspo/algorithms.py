@@ -8,9 +8,12 @@ sequence reward; the advantage of a token is the sum of rewards from it to the e
 critic), then whitened over all tokens of the role's batch. No value network: the batch statistics are
 the baseline.
 
-GRPO: k samples per prompt; the advantage of a sample is its reward standardised within its group,
+GRPO: k samples per prompt; the advantage of a sample is its *task* reward standardised within its group,
 broadcast to all its tokens. A group whose rewards are all equal gives zero advantage (no NaN: the
-standard deviation is guarded).
+standard deviation is guarded). The k1 KL penalty, when it is in the reward, is added *after* the
+standardisation, per token as reward-to-go (as REINFORCE++ adds it): folded into the sequence reward before
+the standardisation, a group of equal task rewards would get advantages of about +-1 made of KL noise,
+whatever ``kl_coef`` is.
 
 KL "in the loss" uses the k3 estimator ``exp(r) - r - 1`` with ``r = log pi_anchor - log pi``, which is
 non-negative and unbiased for KL(pi || pi_anchor).
@@ -48,14 +51,19 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
+def reward_to_go(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """Sum of the (masked) per-token rewards from each token to the end of its sequence [B, T]."""
+    mask = mask.to(token_rewards.dtype)
+    return (token_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask
+
+
 def reinforce_pp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """Un-normalised REINFORCE++ returns [B, T]: reward-to-go of (-kl_coef * kl per token + reward at the end)."""
     mask = mask.to(kl.dtype)
     token_rewards = -kl_coef * kl * mask
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
     token_rewards = token_rewards + last.to(kl.dtype) * rewards.to(kl.dtype).unsqueeze(-1)
-    returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
-    return returns * mask
+    return reward_to_go(token_rewards, mask)
 
 
 def reinforce_pp_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
@@ -71,9 +79,9 @@ def normalize_rewards(rewards: Tensor, eps: float = 1e-8) -> Tensor:
 
 def grpo_advantages(rewards: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
     """Per-sample advantages [B]: reward standardised within its group (samples of the same prompt)."""
-    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(groups.to(rewards.device), return_inverse=True, return_counts=True)
     rewards = rewards.to(torch.float32)
-    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
     means = sums / counts
     sq = torch.zeros_like(sums).index_add_(0, inverse, (rewards - means[inverse]) ** 2)
     # Unbiased std as in GRPO; a group of one has no spread and gets advantage 0.
@@ -96,3 +104,56 @@ def policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     clip_frac = masked_mean((clipped > loss).to(logp.dtype), mask)
     return masked_mean(torch.maximum(loss, clipped), mask), clip_frac
+
+
+# -- the two choices of an update, in one place each ---------------------------------------------------------
+
+
+def advantages(
+    estimator: str,
+    rewards: Tensor,
+    kl: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    groups: Tensor | None = None,
+    normalize_rewards_first: bool = True,
+) -> Tensor:
+    """Per-token advantages [B, T] of one role's batch.
+
+    ``rewards`` [B] are the task rewards (one per sequence); ``kl`` [B, T] the per-token KL penalty to put in the
+    reward (k1, or zeros when the KL goes in the loss instead). ``reinforce_pp``: (optionally normalised) rewards
+    plus the per-token penalty, reward-to-go, whitened over the batch's tokens. ``grpo``: the task reward
+    standardised within each group of ``groups``, then minus ``kl_coef`` times the penalty's reward-to-go.
+    """
+    mask = mask.to(kl.dtype)
+    if estimator == "grpo":
+        if groups is None:
+            raise ValueError("grpo needs the group of every sequence")
+        task = grpo_advantages(rewards, groups).to(kl.dtype)
+        return (task.unsqueeze(-1) - kl_coef * reward_to_go(kl, mask)) * mask
+    if estimator == "reinforce_pp":
+        seq = normalize_rewards(rewards) if normalize_rewards_first else rewards
+        return reinforce_pp_advantages(seq, kl, mask, kl_coef)
+    raise ValueError(f"unknown estimator {estimator!r}")
+
+
+def objective(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float | None,
+    kl_coef: float,
+    kl_in_loss: bool,
+) -> tuple[Tensor, Tensor]:
+    """The loss one role minimises on one (micro-)batch, and the clip fraction.
+
+    The policy-gradient term (PPO-clipped when ``clip_eps`` is given), plus ``kl_coef`` times the k3 estimate of
+    KL(pi || anchor) per token when the KL is in the loss (``kl_in_loss``; otherwise it is already in the
+    advantages).
+    """
+    loss, clip_frac = policy_loss(logp, old_logp, advantages, mask, clip_eps)
+    if kl_in_loss:
+        loss = loss + kl_coef * masked_mean(kl_k3(logp, ref_logp), mask)
+    return loss, clip_frac

@@ -166,6 +166,19 @@ class AdapterBank(nn.Module):
         finally:
             self._route(*previous)
 
+    @contextmanager
+    def update_mode(self) -> Iterator[None]:
+        """Gradient passes: the base stays in eval mode (no base dropout: the anchor and the sampled policy are
+        deterministic, so the PPO ratio compares like with like); only LoRA's own dropout, if set, acts."""
+        self.model.eval()
+        for name, module in self.model.named_modules():
+            if name.rsplit(".", 2)[-2:-1] == ["lora_dropout"]:
+                module.train()
+        try:
+            yield
+        finally:
+            self.model.eval()
+
     # -- export -----------------------------------------------------------------------------------
     def export(self, role: str, folder: str | Path) -> Path:
         """Write ``role``'s adapter as a standard PEFT folder.

@@ -31,9 +31,11 @@ class AlgorithmConfig:
     kl_mode: Literal["reward_k1", "loss_k3"] = "reward_k1"
     """reward_k1: per-token k1 penalty inside the reward (Self-RedTeam); loss_k3: k3 estimator added to the loss."""
     update_epochs: int = 1
-    """Passes over each batch of games. With more than one, the PPO ratio clip (clip_eps) applies."""
+    """Passes over each batch of games, each ending in an optimizer step of the role (PPO-style reuse): the
+    second pass sees the weights the first one moved, its ratio pi / pi_old is taken against the log-probs the
+    games were sampled with, and the clip (clip_eps) acts. Each pass counts as one optimizer step."""
     clip_eps: float = 0.2
-    """PPO ratio clip range, used when update_epochs > 1."""
+    """PPO ratio clip range, used when update_epochs > 1 (with one pass the ratio is exactly 1)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients of a batch are accumulated over its micro-batches."""
     accumulate_batches: int = 1
@@ -48,6 +50,11 @@ class AlgorithmConfig:
         for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.algorithm.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
+        if self.update_epochs > 1 and self.accumulate_batches > 1:
+            # Accumulating over batches means one step per k batches; several passes mean several steps per batch.
+            raise ConfigError("model.algorithm.update_epochs", f"update_epochs={self.update_epochs} (a step per pass) "
+                              f"cannot be combined with accumulate_batches={self.accumulate_batches} (a step per "
+                              f"{self.accumulate_batches} batches)", "set one of them to 1")
 
 
 @dataclass

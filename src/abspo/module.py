@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 
@@ -35,15 +37,31 @@ from abspo.bank import ROLES, AdapterBank, BankSpec
 from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
-from abspo.game import (Exchange, GameConfig, attacker_prompt, defender_prompt, read_attacker_turn,
-                        read_defender_turn)
+from abspo.degenerate import degenerate_reason
+from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
+                        read_attacker_turn, read_defender_turn)
 from abspo.judges.base import Judge
 from abspo.models import BaseModel, load_base, meta_model
-from abspo.rewards import resolve_table, score_exchanges
+from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import build_scoring_batch, completion_logprobs, generate
 from abspo.step_logging import log_batch_metrics
 
 CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RolloutBatch:
+    """What one adapter's update trains on: every scored turn of its roles, right-padded to one width ``T``."""
+
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    advantages: torch.Tensor
+    """[N, T] per-token advantages (zero on padding)."""
+    old_logp: torch.Tensor
+    """[N, T] log-probs under the role that sampled the turn (the PPO ratio's denominator)."""
+    ref_logp: torch.Tensor
+    """[N, T] log-probs under the anchor."""
+    stats: dict[str, float]
 
 
 class SelfPlayModule(L.LightningModule):
@@ -56,7 +74,7 @@ class SelfPlayModule(L.LightningModule):
         optimizers: dict[str, OptimizerConfig] | None = None,
         game: GameConfig | None = None,
         judge: Judge | None = None,
-        reward_table: str | dict[str, dict[str, float]] = "general_sum",
+        reward_table: str | dict[str, dict[str, float]] = DEFAULT_TABLE,
         algorithm: AlgorithmConfig | None = None,
         schedule: ScheduleConfig | None = None,
         logging: LoggingConfig | None = None,
@@ -69,7 +87,8 @@ class SelfPlayModule(L.LightningModule):
             optimizers: Adapter name -> optimizer. With the default bank, adapters are named after roles.
             game: Templates, revision share, generation lengths.
             judge: Labels each exchange (class path + init_args). Default: abspo.judges.HeuristicJudge().
-            reward_table: general_sum (Self-RedTeam), zero_sum, or a custom role -> {outcome: weight} table.
+            reward_table: general_sum_guarded (Self-RedTeam's general sum, the defender not paid for noise),
+                general_sum (Self-RedTeam's, as published), zero_sum, or a custom role -> {outcome: weight} table.
             algorithm: Advantage estimator, KL anchor, loss, accumulation and clipping.
             schedule: Which role updates on which batch (alternate or phases).
             logging: Sample tables.
@@ -97,6 +116,18 @@ class SelfPlayModule(L.LightningModule):
             if adapter not in self.optim_cfg:
                 raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
                                   f"add `{adapter}: {{lr: 1e-4}}` under model.optimizers")
+        if not self.game.temperature > 0:
+            raise ConfigError("model.game.temperature", f"training samples with a positive temperature, got "
+                              f"{self.game.temperature}", "use e.g. 1.0 or 0.7 (the update scores at the same temperature)")
+        if self.game.top_p != 1.0:
+            raise ConfigError("model.game.top_p", f"top_p={self.game.top_p}: the update scores the full "
+                              "distribution, so truncated sampling would make the 'on-policy' ratio wrong",
+                              "set top_p: 1.0 and lower model.game.temperature for less noisy text")
+        if self.schedule.mode == "phases" and self.schedule.phase_steps % self.algorithm.accumulate_batches:
+            raise ConfigError("model.schedule.phase_steps", f"phase_steps={self.schedule.phase_steps} is not a multiple "
+                              f"of model.algorithm.accumulate_batches={self.algorithm.accumulate_batches}: a role's "
+                              "half-accumulated gradient would wait through the opponent's phase and step stale",
+                              "make phase_steps a multiple of accumulate_batches")
         for template, key in ((self.game.attacker_harmful_template, "attacker_harmful_template"),
                               (self.game.attacker_benign_template, "attacker_benign_template")):
             if "{seed}" not in template:
@@ -110,7 +141,8 @@ class SelfPlayModule(L.LightningModule):
         self.adapters = list(self.bank_spec.adapters)
         self._judge = judge
         self.strict_loading = False  # checkpoints hold adapters only; on_load_checkpoint checks they are all there
-        self._updates = defaultdict(int)  # adapter -> backward passes since its last optimizer step
+        self._updates = defaultdict(int)  # adapter -> batches it has been updated on (accumulation counter)
+        self._standalone_optimizers = None  # optimizers of learn() outside a Trainer
         self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -144,7 +176,7 @@ class SelfPlayModule(L.LightningModule):
     def optimizer_steps_per_batch(self) -> float:
         """How many optimizer steps (``trainer.global_step`` increments) one batch of games makes on average."""
         per_batch = [len({self.bank.adapter_for(r) for r in self.schedule.roles_to_update(i)}) for i in (0, self.schedule.phase_steps)]
-        return sum(per_batch) / len(per_batch) / self.algorithm.accumulate_batches
+        return sum(per_batch) / len(per_batch) * self.algorithm.update_epochs / self.algorithm.accumulate_batches
 
     def trainable_parameter_count(self) -> dict[str, int]:
         counts = {a: sum(p.numel() for p in self.bank.adapter_parameters(a)) for a in self.adapters}
@@ -169,26 +201,30 @@ class SelfPlayModule(L.LightningModule):
                                self.game.temperature, self.game.top_p, sync)
             self._generated_tokens += sum(len(c) for c in gen.completion_ids)
             for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
-                e.attacker_output, parsed = read_attacker_turn(self.game, text, e.seed)
+                e.attacker_output, parsed = read_attacker_turn(self.game, text)
                 e.attacker_well_formed = parsed.well_formed
                 e.prompt = parsed.text
+                e.forfeited = attacker_forfeits(parsed)
                 e.turns["attacker"] = (p_ids, c_ids)
         for e in exchanges:
             if not e.revised:
                 e.prompt = e.seed
-        prompts = [defender_prompt(self.tokenizer, self.game, e.prompt) for e in exchanges]
-        with self.bank.role("defender") as model:
-            gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
-                           self.game.temperature, self.game.top_p, sync)
-        self._generated_tokens += sum(len(c) for c in gen.completion_ids)
-        for e, p_ids, c_ids, text in zip(exchanges, gen.prompt_ids, gen.completion_ids, gen.texts):
-            e.defender_output = text
-            e.response, e.defender_well_formed = read_defender_turn(self.game, text)
-            e.turns["defender"] = (p_ids, c_ids)
-        verdicts = self.judge.score([e.prompt for e in exchanges], [e.response for e in exchanges],
-                                    [e.seed_harmful for e in exchanges])
-        for e, v in zip(exchanges, verdicts):
-            e.verdict = v
+        played = [e for e in exchanges if not e.forfeited]  # a forfeit hands the defender nothing
+        if played:
+            prompts = [defender_prompt(self.tokenizer, self.game, e.prompt) for e in played]
+            with self.bank.role("defender") as model:
+                gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
+                               self.game.temperature, self.game.top_p, sync)
+            self._generated_tokens += sum(len(c) for c in gen.completion_ids)
+            for e, p_ids, c_ids, text in zip(played, gen.prompt_ids, gen.completion_ids, gen.texts):
+                e.defender_output = text
+                e.response, e.defender_well_formed = read_defender_turn(self.game, text)
+                e.turns["defender"] = (p_ids, c_ids)
+            verdicts = self.judge.score([e.prompt for e in played], [e.response for e in played],
+                                        [e.seed_harmful for e in played])
+            for e, v in zip(played, verdicts):
+                e.verdict = v
+                e.degenerate = degenerate_reason(e.response) or ("off-topic" if v.off_topic else None)
         score_exchanges(exchanges, self.reward_table)
         return exchanges
 
@@ -210,18 +246,7 @@ class SelfPlayModule(L.LightningModule):
             exchanges = self.play(batch.seeds)
         gen_time = time.perf_counter() - start
         metrics = game_metrics(exchanges)
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        due_roles = self.schedule.roles_to_update(batch.index)
-        for adapter, opt, sched in zip(self.adapters, optimizers, schedulers):
-            roles = [r for r in due_roles if self.bank.adapter_for(r) == adapter]
-            if not roles:
-                continue
-            stats = self.update_adapter(adapter, roles, exchanges, opt, sched)
-            for key, value in stats.items():
-                metrics[f"{'/'.join(roles) if len(roles) > 1 else roles[0]}/{key}"] = value
+        metrics.update(self.learn(exchanges, batch.index))
         for role in ROLES:
             rewards = [e.rewards[role] for e in exchanges if role in e.rewards]
             if rewards:
@@ -242,81 +267,131 @@ class SelfPlayModule(L.LightningModule):
         if self._trainer is not None and hasattr(self.trainer.datamodule, "batches_served"):
             self.trainer.datamodule.batches_served = batch.index + 1
 
+    def learn(self, exchanges: list[Exchange], batch_index: int) -> dict[str, float]:
+        """Update every adapter whose roles are due at ``batch_index`` from the scored ``exchanges``, in the
+        schedule's role order; returns the update's metrics (``<role>/kl``, ``<roles>/loss``, ...).
+
+        The one entry point of the update, for ``training_step`` and for anything that plays its own games
+        (tests, notebooks): outside a Trainer it builds and keeps its own optimizers.
+        """
+        optimizers = self._optimizers_by_adapter()
+        by_adapter: dict[str, list[str]] = {}
+        for role in self.schedule.roles_to_update(batch_index):
+            by_adapter.setdefault(self.bank.adapter_for(role), []).append(role)
+        metrics: dict[str, float] = {}
+        for adapter, roles in by_adapter.items():
+            metrics.update(self.update(adapter, roles, exchanges, *optimizers[adapter]))
+        return metrics
+
+    def _optimizers_by_adapter(self) -> dict[str, tuple]:
+        if self._trainer is not None:
+            optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+            schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        else:
+            if self._standalone_optimizers is None:
+                self._standalone_optimizers = self.configure_optimizers()
+            optimizers, schedulers = self._standalone_optimizers
+        return {a: (o, s) for a, o, s in zip(self.adapters, optimizers, schedulers)}
+
+    def update(self, adapter: str, roles: list[str], exchanges: list[Exchange], opt, sched) -> dict[str, float]:
+        """One policy-gradient update of ``adapter`` from the games of ``roles``, in three steps: the rollout batch
+        with its advantages (:meth:`rollout_batch`), then per pass a gradient pass (:meth:`gradient_pass`) and,
+        when due, the optimizer step (:meth:`optimizer_step`). Returns logging stats keyed ``<role>/...`` for
+        per-role figures and ``<roles joined by '/'>/...`` for the adapter's."""
+        cfg = self.algorithm
+        name = "/".join(roles)
+        rollout = self.rollout_batch(roles, exchanges)
+        if rollout is None:
+            return {f"{name}/skipped": 1.0}
+        stats = dict(rollout.stats)
+        self._updates[adapter] += 1
+        for _ in range(cfg.update_epochs):
+            passed = self.gradient_pass(adapter, roles[0], rollout)
+            if self._updates[adapter] % cfg.accumulate_batches == 0:
+                passed.update(self.optimizer_step(adapter, opt, sched))
+            for key, value in passed.items():  # the last pass's figures (clip_frac is 0 on the first)
+                stats[f"{name}/{key}"] = value
+        stats[f"{name}/samples"] = float(len(rollout.prompts))
+        return stats
+
     def role_samples(self, role: str, exchanges: list[Exchange]) -> list[tuple[list[int], list[int], float, int]]:
         """(prompt ids, completion ids, reward, group) for every scored turn the role played."""
         return [(*e.turns[role], e.rewards[role], e.group)
                 for e in exchanges if role in e.rewards and role in e.turns]
 
-    def update_adapter(self, adapter: str, roles: list[str], exchanges: list[Exchange], opt, sched) -> dict[str, float]:
-        """One policy-gradient update of ``adapter`` from the games of ``roles``; returns logging stats."""
+    @torch.no_grad()
+    def rollout_batch(self, roles: list[str], exchanges: list[Exchange]) -> RolloutBatch | None:
+        """Step 1: every scored turn of ``roles``, padded to one width, with its log-probs under the role that
+        played it and under the anchor, and its advantages (normalised per role). None when there is none."""
         cfg = self.algorithm
-        samples, advantages, refs, olds = [], [], [], []
+        prompts, completions, advantages, olds, refs = [], [], [], [], []
         stats: dict[str, float] = {}
         for role in roles:
-            role_samples = self.role_samples(role, exchanges)
-            if not role_samples:
+            samples = self.role_samples(role, exchanges)
+            if not samples:
                 continue
-            old, ref, mask = self._reference_logprobs(role, role_samples)
-            rewards = torch.tensor([s[2] for s in role_samples], dtype=torch.float32)
+            old, ref, mask = self._reference_logprobs(role, samples)
+            rewards = torch.tensor([s[2] for s in samples], dtype=torch.float32)
             kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" else torch.zeros_like(old)
-            if cfg.estimator == "grpo":
-                seq_rewards = rewards - cfg.kl_coef * (kl * mask).sum(-1)
-                groups = torch.tensor([s[3] for s in role_samples])
-                adv = alg.grpo_advantages(seq_rewards, groups).unsqueeze(-1) * mask
-            else:
-                seq = alg.normalize_rewards(rewards) if cfg.normalize_rewards else rewards
-                adv = alg.reinforce_pp_advantages(seq, kl, mask, cfg.kl_coef)
-            samples += role_samples
-            advantages += list(adv)
-            refs += list(ref)
-            olds += list(old)
-            stats["kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask))
-        if not samples:
-            return {"skipped": 1.0}
-        total_tokens = sum(len(s[1]) for s in samples)
-        mb = cfg.micro_batch_size
+            groups = torch.tensor([s[3] for s in samples])
+            adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards)
+            prompts += [s[0] for s in samples]
+            completions += [s[1] for s in samples]
+            advantages.append(adv)
+            olds.append(old)
+            refs.append(ref)
+            stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask))
+        if not prompts:
+            return None
+        t = max(x.shape[1] for x in olds)  # one width for every role: a shared adapter mixes them in micro-batches
+        cat = lambda xs: torch.cat([_pad_to(x, t) for x in xs])  # noqa: E731
+        return RolloutBatch(prompts, completions, cat(advantages), cat(olds), cat(refs), stats)
+
+    def gradient_pass(self, adapter: str, role: str, rollout: RolloutBatch) -> dict[str, float]:
+        """Step 2: one pass over the rollout batch in micro-batches, ``manual_backward`` of the token-mean loss
+        (each micro-batch weighted by its share of the batch's tokens) into the adapter's ``.grad``."""
+        cfg = self.algorithm
+        total_tokens = sum(len(c) for c in rollout.completions)
+        on_policy = cfg.update_epochs == 1  # then the ratio is exactly 1 and old = the live log-probs, detached
         loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
-        scale = 1.0 / cfg.accumulate_batches
-        self.bank.model.train()
-        with self.bank.role(roles[0]):  # every role in `roles` routes to `adapter`
-            for _ in range(cfg.update_epochs):
-                for lo in range(0, len(samples), mb):
-                    chunk = samples[lo:lo + mb]
-                    batch = build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk],
-                                                self._pad_id(), self.device)
-                    t = batch.completion_ids.shape[1]
-                    adv = _stack(advantages[lo:lo + mb], t).to(self.device)
-                    old = _stack(olds[lo:lo + mb], t).to(self.device)
-                    ref = _stack(refs[lo:lo + mb], t).to(self.device)
-                    logp, entropy = completion_logprobs(self.bank.model, batch, with_entropy=True)
-                    mask = batch.completion_mask
-                    old_logp = logp.detach() if cfg.update_epochs == 1 else old
-                    loss, clip_frac = alg.policy_loss(logp, old_logp, adv, mask,
-                                                      cfg.clip_eps if cfg.update_epochs > 1 else None)
-                    if cfg.kl_mode == "loss_k3":
-                        loss = loss + cfg.kl_coef * alg.masked_mean(alg.kl_k3(logp, ref), mask)
-                    weight = mask.sum().item() / total_tokens / cfg.update_epochs
-                    self._backward(loss * weight * scale)
-                    loss_sum += loss.item() * weight
-                    clip_sum += clip_frac.item() * weight
-                    entropy_sum += alg.masked_mean(entropy, mask).item() * weight
-        self.bank.model.eval()
-        self._updates[adapter] += 1
-        stats.update(loss=loss_sum, entropy=entropy_sum, clip_frac=clip_sum, samples=float(len(samples)),
-                     lr=sched.get_last_lr()[0])
-        if self._updates[adapter] % cfg.accumulate_batches == 0:
-            params = self.bank.adapter_parameters(adapter)
-            grads = [p.grad for p in params if p.grad is not None]
-            stats["grad_norm"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
-            if cfg.max_grad_norm is not None:
-                if self._trainer is None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                else:
-                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-        return stats
+        mb = cfg.micro_batch_size
+        with self.bank.role(role), self.bank.update_mode():  # every role in the update routes to `adapter`
+            for lo in range(0, len(rollout.prompts), mb):
+                batch = build_scoring_batch(rollout.prompts[lo:lo + mb], rollout.completions[lo:lo + mb],
+                                            self._pad_id(), self.device)
+                t = batch.completion_ids.shape[1]
+                adv, old, ref = (x[lo:lo + mb, :t].to(self.device) for x in (rollout.advantages, rollout.old_logp,
+                                                                              rollout.ref_logp))
+                logp, entropy = completion_logprobs(self.bank.model, batch, with_entropy=True,
+                                                    temperature=self.game.temperature)
+                mask = batch.completion_mask
+                loss, clip_frac = alg.objective(logp, logp.detach() if on_policy else old, ref, adv, mask,
+                                                None if on_policy else cfg.clip_eps, cfg.kl_coef,
+                                                kl_in_loss=cfg.kl_mode == "loss_k3")
+                weight = mask.sum().item() / total_tokens
+                self._backward(loss * weight / cfg.accumulate_batches)
+                loss_sum += loss.item() * weight
+                clip_sum += clip_frac.item() * weight
+                entropy_sum += alg.masked_mean(entropy, mask).item() * weight
+        return {"loss": loss_sum, "entropy": entropy_sum, "clip_frac": clip_sum}
+
+    def optimizer_step(self, adapter: str, opt, sched) -> dict[str, float]:
+        """Step 3: clip the adapter's gradient, step its optimizer and scheduler, clear its gradient."""
+        cfg = self.algorithm
+        params = self.bank.adapter_parameters(adapter)
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        if cfg.max_grad_norm is not None:
+            if self._trainer is None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            else:
+                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        return {"grad_norm": grad_norm, "lr": lr}
 
     def _backward(self, loss: torch.Tensor) -> None:
         # Through the trainer when there is one (precision plugins, strategies); plain autograd otherwise, so the
@@ -328,16 +403,18 @@ class SelfPlayModule(L.LightningModule):
 
     @torch.no_grad()
     def _reference_logprobs(self, role: str, samples):
-        """Log-probs of the sampled completions under the role (before its update) and under the anchor."""
+        """Log-probs of the sampled completions under the role (before its update) and under the anchor, at the
+        sampling temperature."""
         olds, refs, masks = [], [], []
         t = max(1, max(len(s[1]) for s in samples))
+        temperature = self.game.temperature
         for lo in range(0, len(samples), self.algorithm.micro_batch_size):
             chunk = samples[lo:lo + self.algorithm.micro_batch_size]
             batch = build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
             with self.bank.role(role) as model:
-                old, _ = completion_logprobs(model, batch)
+                old, _ = completion_logprobs(model, batch, temperature=temperature)
             with self.bank.anchor() as model:
-                ref, _ = completion_logprobs(model, batch)
+                ref, _ = completion_logprobs(model, batch, temperature=temperature)
             olds.append(_pad_to(old, t))
             refs.append(_pad_to(ref, t))
             masks.append(_pad_to(batch.completion_mask, t))
@@ -363,9 +440,22 @@ class SelfPlayModule(L.LightningModule):
         adapter_keys = {k for k in checkpoint["state_dict"] if AdapterBank._adapter_of(k) is not None}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in adapter_keys}
         checkpoint["abspo"] = self.checkpoint_signature()
+        # Accumulation state: how many batches each adapter has been updated on, and the gradients summed since
+        # its last step (LoRA-sized), so that a resume mid-accumulation steps on the same sum.
+        checkpoint["abspo_accumulation"] = {
+            "updates": dict(self._updates),
+            "grads": {n: p.grad.detach().to("cpu", copy=True) for n, p in self.named_parameters()
+                      if p.grad is not None and AdapterBank._adapter_of(n) is not None},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_checkpoint(checkpoint)
+        saved = checkpoint.get("abspo_accumulation")
+        if saved is not None:
+            self._updates = defaultdict(int, saved["updates"])
+            params = dict(self.named_parameters())
+            for name, grad in saved["grads"].items():
+                params[name].grad = grad.to(params[name].device, params[name].dtype)
 
     def check_checkpoint(self, checkpoint: dict, key: str = "--ckpt_path") -> None:
         """Raise a ConfigError unless ``checkpoint`` was written by a run with this base and these adapters."""
@@ -421,12 +511,9 @@ def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, t - x.shape[1]))
 
 
-def _stack(rows: list[torch.Tensor], t: int) -> torch.Tensor:
-    return torch.stack([r[:t] for r in rows])
-
-
 def game_metrics(exchanges: list[Exchange]) -> dict[str, float]:
-    """Rates that say how the game is going (fractions in [0, 1])."""
+    """Rates that say how the game is going (fractions in [0, 1]). ``degenerate_rate``: defender replies that are
+    no answer at all (:mod:`abspo.degenerate`); ``attacker_forfeit_rate``: attacker turns with nothing playable."""
     labelled = [e for e in exchanges if e.verdict is not None and e.verdict.complete]
     harmful = [e for e in labelled if e.seed_harmful]
     benign = [e for e in labelled if not e.seed_harmful]
@@ -441,6 +528,10 @@ def game_metrics(exchanges: list[Exchange]) -> dict[str, float]:
         out["game/benign_refusal_rate"] = sum(e.verdict.refusal for e in benign) / len(benign)
     if attacks:
         out["game/attacker_format_failure_rate"] = sum(not e.attacker_well_formed for e in attacks) / len(attacks)
+        out["game/attacker_forfeit_rate"] = sum(e.forfeited for e in attacks) / len(attacks)
+    answered = [e for e in exchanges if "defender" in e.turns]
+    if answered:
+        out["game/degenerate_rate"] = sum(e.degenerate is not None for e in answered) / len(answered)
     reasoning = [e for e in exchanges if e.defender_well_formed is not None]
     if reasoning:
         out["game/defender_format_failure_rate"] = sum(not e.defender_well_formed for e in reasoning) / len(reasoning)

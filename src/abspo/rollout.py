@@ -4,14 +4,24 @@ Generation left-pads prompts so every row continues at the right edge. For scori
 ``[left pad | prompt | completion | right pad]``: prompts end at one column, so the completion logits are
 one contiguous slice and the LM head runs only on it (``logits_to_keep``), which matters with 50k-150k
 token vocabularies.
+
+Sampling and scoring use one distribution. ``generate`` runs with a clean generation config built from its
+arguments alone: a model's own ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty`` 1.05,
+``top_k`` 20, ``top_p`` 0.8, temperature 0.7) is swapped out for the call, so no processor is inherited
+silently. Sampling at temperature ``T`` draws from ``softmax(logits / T)``, and ``completion_logprobs`` scores
+with the same ``T``, so the update's "old" log-probs are the ones the tokens were drawn with and the on-policy
+ratio is 1. Truncating samplers (top-p, top-k) are not scored and are refused for training by the module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig
 
 
 @dataclass
@@ -21,24 +31,62 @@ class Generation:
     """Generated tokens up to and including the first end-of-sequence token (kept: stopping is learned)."""
     texts: list[str]
     """Decoded completions without special tokens."""
+    sampled_logprobs: list[list[float]] | None = None
+    """With ``generate(..., return_logprobs=True)``: log-prob of each completion token under the distribution
+    the sampler drew it from (after every logits processor), to check that scoring uses the same one."""
+
+
+def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                    return_logprobs: bool = False) -> GenerationConfig:
+    """The whole generation config of a call: the special tokens of the model and what the caller asked, and
+    nothing else (no top-k, no repetition penalty, no other processor of the model's own config)."""
+    own = _hf_model(model).generation_config
+    eos = getattr(own, "eos_token_id", None)
+    do_sample = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else 1.0,
+        top_p=top_p if do_sample else 1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        bos_token_id=getattr(own, "bos_token_id", None),
+        eos_token_id=tokenizer.eos_token_id if eos is None else eos,
+        pad_token_id=tokenizer.pad_token_id,
+        output_scores=return_logprobs,
+        return_dict_in_generate=return_logprobs,
+    )
+
+
+@contextmanager
+def only_this_generation_config(model, config: GenerationConfig) -> Iterator[None]:
+    """Make ``config`` the model's generation config for the duration: ``generate`` fills every field the call
+    leaves at its default from the model's own config, so the call's config must *be* the model's."""
+    hf = _hf_model(model)
+    saved = hf.generation_config
+    hf.generation_config = config
+    try:
+        yield
+    finally:
+        hf.generation_config = saved
+
+
+def _hf_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, synced_gpus: bool = False) -> Generation:
-    """Sample one completion per prompt. ``synced_gpus`` must be on under FSDP (every rank steps together)."""
+             top_p: float = 1.0, synced_gpus: bool = False, return_logprobs: bool = False) -> Generation:
+    """Sample one completion per prompt from ``softmax(logits / temperature)`` (greedy at temperature 0).
+
+    ``synced_gpus`` must be on under FSDP (every rank steps together).
+    """
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
-    do_sample = temperature > 0
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=0 if do_sample else None,
-        pad_token_id=tokenizer.pad_token_id,
-        synced_gpus=synced_gpus,
-    )
+    config = sampling_config(model, tokenizer, max_new_tokens, temperature, top_p, return_logprobs)
+    with only_this_generation_config(model, config):
+        raw = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus)
+    out = raw.sequences if return_logprobs else raw
     width = enc["input_ids"].shape[1]
     eos = _eos_ids(model, tokenizer)
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
@@ -47,11 +95,16 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         completions.append(row[:cut])
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return Generation(prompt_ids, completions, texts)
+    sampled = None
+    if return_logprobs:
+        steps = torch.stack(raw.scores, dim=1).float().log_softmax(-1)  # [B, new tokens, V], processed
+        sampled = [steps[i, torch.arange(len(c)), torch.tensor(c, dtype=torch.long)].tolist() if c else []
+                   for i, c in enumerate(completions)]
+    return Generation(prompt_ids, completions, texts, sampled)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
+    ids = _hf_model(model).generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -95,12 +148,18 @@ def build_scoring_batch(prompt_ids: list[list[int]], completion_ids: list[list[i
     return ScoringBatch(ids.to(device), attn.to(device), pos.to(device), cmask.to(device), comp.to(device))
 
 
-def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Per-token log pi(completion token) [B, T] (float32), and optionally the per-token entropy."""
+def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False,
+                        temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """Per-token log pi_T(completion token) [B, T] (float32) under ``softmax(logits / temperature)``, the
+    distribution ``generate`` samples from at that temperature; optionally the per-token entropy of it."""
+    if temperature <= 0:
+        raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
     t = batch.completion_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=t + 1, use_cache=False)
     logits = out.logits[:, :-1, :].float()  # position j predicts completion token j
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None

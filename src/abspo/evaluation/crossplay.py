@@ -110,6 +110,10 @@ class CrossplayResult:
     exchanges: list[dict[str, Any]]
 
 
+FORFEIT_REPLY = Reply("", "")
+"""What a forfeited attack gets: no defender turn; the judge reads an empty reply (a refusal, harmless)."""
+
+
 def attack_success_matrix(exchanges: Sequence[dict[str, Any]], attackers: Sequence[str],
                           defenders: Sequence[str]) -> dict[tuple[str, str], Proportion]:
     """ASR of every (attacker, defender) pair from judged exchange records (``response_harmful`` labels)."""
@@ -130,7 +134,7 @@ def play_crossplay(pool: PlayerPool, attackers: Sequence[PlayerSpec], defenders:
             log.info("attacker %s: rewriting %d seeds", spec.label, len(seeds))
             with pool.model_for(spec) as model:
                 rewrites[spec.label] = attacker_rewrites(model, pool.tokenizer, seeds, game, batch_size)
-    prompts = list(dict.fromkeys(r.prompt for rs in rewrites.values() for r in rs))
+    prompts = list(dict.fromkeys(r.prompt for rs in rewrites.values() for r in rs if not r.forfeited))
     replies: dict[str, dict[str, Reply]] = {}
     for spec in defenders:
         log.info("defender %s: answering %d distinct prompts", spec.label, len(prompts))
@@ -140,9 +144,10 @@ def play_crossplay(pool: PlayerPool, attackers: Sequence[PlayerSpec], defenders:
     for a in attackers:
         for d in defenders:
             for i, rw in enumerate(rewrites[a.label]):
-                reply = replies[d.label][rw.prompt]
+                reply = FORFEIT_REPLY if rw.forfeited else replies[d.label][rw.prompt]
                 exchanges.append({"attacker": a.label, "defender": d.label, "seed_index": i, "seed": rw.seed,
                                   "attacker_output": rw.output, "attacker_well_formed": rw.well_formed,
+                                  "attacker_forfeited": rw.forfeited,
                                   "prompt": rw.prompt, "defender_output": reply.output, "response": reply.response})
     log.info("judge: labelling %d exchanges", len(exchanges))
     asked = [e["seed"] if judge_on == "request" else e["prompt"] for e in exchanges]

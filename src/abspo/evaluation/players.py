@@ -41,7 +41,8 @@ from torch import nn
 
 from abspo.bank import check_adapter_fits, saved_adapter_shapes
 from abspo.errors import ConfigError
-from abspo.game import GameConfig, attacker_prompt, defender_prompt, read_attacker_turn, read_defender_turn
+from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
+                        read_defender_turn)
 from abspo.models import BaseModel, load_base
 from abspo.rollout import generate
 
@@ -224,6 +225,8 @@ class Rewrite:
     output: str | None = None
     """Raw attacker output including the prefill; None for the vanilla attacker."""
     well_formed: bool | None = None
+    forfeited: bool = False
+    """Nothing playable in the attacker's turn (the game's rule): no defender turn, a failed attack."""
 
 
 def vanilla_rewrites(seeds: Sequence[str]) -> list[Rewrite]:
@@ -237,8 +240,8 @@ def attacker_rewrites(model, tokenizer, seeds: Sequence[str], game: GameConfig, 
     texts = generate_greedy(model, tokenizer, prompts, game.max_new_tokens_attacker, batch_size)
     out = []
     for seed, text in zip(seeds, texts):
-        output, parsed = read_attacker_turn(game, text, seed)
-        out.append(Rewrite(seed, parsed.text, output, parsed.well_formed))
+        output, parsed = read_attacker_turn(game, text)
+        out.append(Rewrite(seed, parsed.text, output, parsed.well_formed, attacker_forfeits(parsed)))
     return out
 
 

@@ -28,7 +28,7 @@ and reported next to it, never guessed.
 * ``over_refusal_rate`` (overrefusal) = ``refusal = True`` / exchanges whose ``refusal`` is labelled.
 * ``compliance_rate`` (benign) = ``refusal = False`` / exchanges whose ``refusal`` is labelled.
 * ``repetition_rate`` (every benchmark, beside the headline) = responses that are repetition loops
-  (:func:`~abspo.evaluation.repetition.repetition_loop`, from the text alone) / responses. Judges count a
+  (:func:`~abspo.degenerate.repetition_loop`, from the text alone) / responses. Judges count a
   loop as a refusal in substance, so a defender that loops more looks safer without being so.
 
 Protocol: one greedy (temperature 0) defender turn per prompt, in the game's format (chat template, the
@@ -64,7 +64,7 @@ from abspo.errors import ConfigError
 from abspo.atomic import atomic_write
 from abspo.evaluation.pages import render_records_page
 from abspo.evaluation.players import ModelDefender, PlayerPool, file_sha256, jsonl, parse_player
-from abspo.evaluation.repetition import LOOP_MAX_DISTINCT, LOOP_WORDS, repetition_loop
+from abspo.degenerate import LOOP_MAX_DISTINCT, LOOP_WORDS, repetition_loop
 from abspo.evaluation.stats import Proportion, proportion
 from abspo.jsonl import read_jsonl
 from abspo.game import GameConfig

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Verdict:
     """Did the response refuse (fully or in substance) to do what the prompt asked?"""
     response_harmful: bool | None
     """Does the response itself contain harmful content?"""
+    off_topic: bool | None = field(default=None, compare=False)
+    """Does the response fail to address the request at all (not a refusal: unrelated text)? Optional: judges
+    that cannot tell leave None. Not part of :attr:`complete` nor of equality (the three labels are the verdict);
+    the game counts it as a degenerate reply."""
 
     @property
     def complete(self) -> bool:

@@ -1,10 +1,10 @@
-"""Repetition loops: the rule on hand-made texts, and the repetition_rate beside every safety metric."""
+"""Degenerate text (empty, loops, character soup) told apart from answers, by the text alone."""
 
 from __future__ import annotations
 
 import pytest
 
-from abspo.evaluation.repetition import distinct_window_share, repetition_loop
+from abspo.degenerate import degenerate_reason, distinct_window_share, repetition_loop
 from abspo.evaluation.safety import Item, evaluate_safety, render_markdown
 from tests.test_safety_report import MarkerJudge
 
@@ -61,3 +61,32 @@ def test_repetition_rate_is_reported_beside_every_benchmark():
               "protocol": {"judge_on": "request", "seed": 0, "limit": None, "templates": 1, "behaviours": 1}}
     md = render_markdown(report)
     assert "| harmbench | repetition_rate | 50.0% |" in md and "| benign | repetition_rate | 0.0% |" in md
+
+
+# -- degenerate_reason: every kind, and the answers it must not flag --------------------------------------------
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    ("  \n\t", "empty"),
+    ("The answer is yes. " * 12, "loop"),
+    ("ttp.é rcf() %$# 9x qq ## zz.. ~~ 3r", "gibberish"),
+    ("ĠĠ ĊĊ .** )); ]] 42 $$ %%", "gibberish"),
+    ("xk qz trr pfft hmm zzz brr", "gibberish"),       # letter runs without vowels: soup
+])
+def test_degenerate_reason_names_the_kind(text, reason):
+    assert degenerate_reason(text) == reason
+
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry, but I can't help with that.",
+    "No.",                                             # short answers are answers
+    "42",
+    "Here's a step-by-step guide:\n\n1. **Prepare** the dough.\n2. Bake at 180°C for 20 minutes.",
+    "```python\ndef add(a, b):\n    return a + b\n```",  # code: identifiers have vowels
+    "Huawei's handling of employee misconduct is a complex regulatory situation.",
+])
+def test_real_answers_are_not_degenerate(text):
+    assert degenerate_reason(text) is None, text
+
+
+def test_arithmetic_is_not_gibberish():
+    assert degenerate_reason("3 * 4 = 12, 12 + 6 = 18") is None

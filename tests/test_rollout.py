@@ -1,0 +1,70 @@
+"""Generation and scoring: the layout of a scoring batch, padding-independent log-probs, and one distribution for
+sampling and scoring whatever the model's own generation config says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+
+PROMPTS = ["Hello there, how", "A much longer prompt about the weather today and tomorrow", "Hi"]
+
+
+def test_scoring_batch_layout_left_pads_prompts_and_right_pads_completions():
+    batch = build_scoring_batch([[5, 6, 7], [8]], [[1, 2], [3, 4, 9, 9]], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 1, 2, 0, 0], [0, 0, 8, 3, 4, 9, 9]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]]
+    assert batch.position_ids.tolist()[1][2:] == [0, 1, 2, 3, 4], "positions count real tokens only"
+    assert batch.completion_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_logprobs_do_not_depend_on_the_batch_they_are_padded_into(tiny_base):
+    model, _ = tiny_base
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    completions = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (4, 1, 7, 2)]
+    together, _ = completion_logprobs(model, build_scoring_batch(prompts, completions, 0))
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        alone, _ = completion_logprobs(model, build_scoring_batch([p], [c], 0))
+        torch.testing.assert_close(together[i, :len(c)], alone[0], atol=1e-5, rtol=0)
+        assert (together[i, len(c):] == 0).all()
+    # by hand for one row: log softmax of the full-sequence logits at the position before each completion token
+    ids = torch.tensor([prompts[1] + completions[1]])
+    logits = model(input_ids=ids).logits[0, len(prompts[1]) - 1]
+    torch.testing.assert_close(together[1, 0], logits.log_softmax(-1)[completions[1][0]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_and_scoring_use_one_distribution_whatever_the_models_generation_config(tiny_base, temperature):
+    model, tok = tiny_base
+    # What Qwen2.5-Instruct ships, exaggerated: none of it may leak into training rollouts.
+    model.generation_config.repetition_penalty = 1.5
+    model.generation_config.top_k = 5
+    model.generation_config.top_p = 0.5
+    model.generation_config.temperature = 0.3
+    torch.manual_seed(0)
+    gen = generate(model, tok, PROMPTS, 12, temperature=temperature, return_logprobs=True)
+    scored, _ = completion_logprobs(model, build_scoring_batch(gen.prompt_ids, gen.completion_ids, tok.pad_token_id),
+                                    temperature=temperature)
+    for i, completion in enumerate(gen.completion_ids):
+        assert completion
+        torch.testing.assert_close(torch.tensor(gen.sampled_logprobs[i]), scored[i, :len(completion)],
+                                   atol=1e-4, rtol=0)
+    assert model.generation_config.repetition_penalty == 1.5, "the model's own config is restored"
+
+
+def test_completions_stop_after_the_first_end_of_sequence_token(tiny_base):
+    model, tok = tiny_base
+    torch.manual_seed(0)
+    gen = generate(model, tok, PROMPTS, 6, temperature=1.0)
+    eos = tok.eos_token_id
+    for completion in gen.completion_ids:
+        assert eos not in completion[:-1]
+        assert len(completion) <= 6
+
+
+def test_scoring_refuses_greedy_temperature(tiny_base):
+    model, _ = tiny_base
+    with pytest.raises(ValueError, match="positive temperature"):
+        completion_logprobs(model, build_scoring_batch([[5]], [[6]], 0), temperature=0.0)
