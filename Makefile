@@ -1,5 +1,5 @@
 # Two commands do all the set-up:
-#   make train   # installs into .venv (once) and runs the main job: SmolLM2-135M on this CPU (~11 min)
+#   make train   # installs into .venv (once) and runs the main job: SmolLM2-135M on this CPU (~20 min)
 #   make test    # installs into .venv (once) and runs the test suite
 # Re-running skips what is done: the venv is rebuilt only when pyproject.toml changes, and `make train`
 # resumes its run from the last checkpoint (a finished run returns at once).

@@ -11,7 +11,7 @@ from abspo.judges import WildGuardJudge
 from abspo.models import QWEN25_ARCHITECTURES
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
-OVERLAYS = {"forgetting-demo.yaml": "configs/smollm2-cpu.yaml"}
+OVERLAYS = {"forgetting-demo.yaml": "configs/smollm2-cpu.yaml", "smollm2-learn.yaml": "configs/smollm2-cpu.yaml"}
 """Configs meant to be stacked on another one (``--config base.yaml --config overlay.yaml``)."""
 
 

@@ -90,3 +90,16 @@ def test_real_answers_are_not_degenerate(text):
 
 def test_arithmetic_is_not_gibberish():
     assert degenerate_reason("3 * 4 = 12, 12 + 6 = 18") is None
+
+
+def test_degenerate_rate_is_reported_beside_every_benchmark():
+    items = [Item("harmbench", "do harm [harm]", "do harm [harm]", True),
+             Item("harmbench", "more harm [refuse]", "more harm [refuse]", True),
+             Item("benign", "plain", "plain", False),
+             Item("benign", "plain two", "plain two", False)]
+    answers = {"do harm [harm]": LOOP, "more harm [refuse]": "", "plain": PROSE, "plain two": "## %% 9x qq zz ~~"}
+    metrics, records, _ = evaluate_safety(lambda prompts: [answers[p] for p in prompts], MarkerJudge(), items)
+    assert [r["degenerate"] for r in records] == [True, True, False, True]  # loop, empty, prose, soup
+    for bench in ("harmbench", "benign"):
+        deg = metrics[bench]["degenerate_rate"]
+        assert (deg["count"], deg["labelled"]) == ({"harmbench": 2, "benign": 1}[bench], 2)

@@ -54,7 +54,7 @@ def test_real_model_export_reproduces_logits(run):
     for role in ("attacker", "defender"):
         with cli.model.bank.role(role) as model, torch.no_grad():
             expected = model(input_ids=ids).logits.float()
-        base, _ = load_base(BaseModel())
+        base, _ = load_base(cli.model.base_cfg)  # the run's base, in the run's dtype
         loaded = PeftModel.from_pretrained(base, root / "smoke" / "adapters" / role)
         with torch.no_grad():
             got = loaded(input_ids=ids).logits.float()

@@ -80,3 +80,10 @@ def degenerate_reason(text: str) -> str | None:
     if len(text.split()) >= MIN_TOKENS and readable_share(text) < MIN_READABLE:
         return "gibberish"
     return None
+
+
+def degenerate_reply(text: str, off_topic: bool | None = None) -> str | None:
+    """Why a judged reply is no answer at all: :func:`degenerate_reason` of its text, else 'off-topic' when the
+    judge says it does not address the request (``Verdict.off_topic``); None for a real answer. The one rule that
+    training (``Exchange.degenerate``) and the safety report (``degenerate_rate``) share."""
+    return degenerate_reason(text) or ("off-topic" if off_topic else None)

@@ -37,7 +37,7 @@ from abspo.bank import ROLES, AdapterBank, BankSpec
 from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
-from abspo.degenerate import degenerate_reason
+from abspo.degenerate import degenerate_reply
 from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
                         read_attacker_turn, read_defender_turn)
 from abspo.judges.base import Judge
@@ -224,7 +224,7 @@ class SelfPlayModule(L.LightningModule):
                                         [e.seed_harmful for e in played])
             for e, v in zip(played, verdicts):
                 e.verdict = v
-                e.degenerate = degenerate_reason(e.response) or ("off-topic" if v.off_topic else None)
+                e.degenerate = degenerate_reply(e.response, v.off_topic)
         score_exchanges(exchanges, self.reward_table)
         return exchanges
 

@@ -43,12 +43,12 @@ def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 
     own = _hf_model(model).generation_config
     eos = getattr(own, "eos_token_id", None)
     do_sample = temperature > 0
+    # Greedy decoding ignores the sampling fields; leaving them at their defaults keeps generate from warning.
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        temperature=temperature if do_sample else 1.0,
-        top_p=top_p if do_sample else 1.0,
-        top_k=0,
+        **sampling,
         repetition_penalty=1.0,
         bos_token_id=getattr(own, "bos_token_id", None),
         eos_token_id=tokenizer.eos_token_id if eos is None else eos,
