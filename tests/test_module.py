@@ -102,14 +102,19 @@ def test_accumulation_steps_every_k_batches(judge, seeds):
 
 
 def test_grpo_plays_group_size_games_per_seed(judge, seeds):
-    module = make(judge, algorithm=AlgorithmConfig(estimator="grpo", group_size=2))
+    module = make(judge, algorithm=AlgorithmConfig(estimator="grpo", group_size=4))
     before = snapshot(module, "defender")
     exchanges, stats = step(module, seeds, 0)
-    assert len(exchanges) == 16
+    assert len(exchanges) == 32
     groups = [e.group for e in exchanges]
-    assert groups == [i // 2 for i in range(16)]
-    assert all(exchanges[i].seed == exchanges[i + 1].seed for i in range(0, 16, 2))
-    assert stats["defender/samples"] == sum("defender" in e.rewards for e in exchanges) > 8
+    assert groups == [i // 4 for i in range(32)]
+    assert all(exchanges[i].seed == exchanges[i + 1].seed for i in range(0, 32, 2))
+    assert len({tuple(e.turns["defender"][1]) for e in exchanges if "defender" in e.turns}) > 8, \
+        "the games of a group are sampled with their own keys"
+    assert stats["defender/samples"] == sum("defender" in e.rewards for e in exchanges) > 16
+    varied = {e.group for e in exchanges if "defender" in e.rewards} - {
+        g for g in set(groups) if len({e.rewards.get("defender") for e in exchanges if e.group == g}) == 1}
+    assert varied, "some group's rewards differ (else GRPO has nothing to learn from)"
     assert changed(before, module, "defender"), "the GRPO advantages moved the defender"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+from abspo.rollout import KeyedGumbelSampler, build_scoring_batch, completion_logprobs, generate, hash32, keyed_uniform
 
 PROMPTS = ["Hello there, how", "A much longer prompt about the weather today and tomorrow", "Hi"]
 
@@ -35,8 +35,9 @@ def test_logprobs_do_not_depend_on_the_batch_they_are_padded_into(tiny_base):
     torch.testing.assert_close(together[1, 0], logits.log_softmax(-1)[completions[1][0]], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("keyed", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampling_and_scoring_use_one_distribution_whatever_the_models_generation_config(tiny_base, temperature):
+def test_sampling_and_scoring_use_one_distribution_whatever_the_models_generation_config(tiny_base, temperature, keyed):
     model, tok = tiny_base
     # What Qwen2.5-Instruct ships, exaggerated: none of it may leak into training rollouts.
     model.generation_config.repetition_penalty = 1.5
@@ -44,7 +45,8 @@ def test_sampling_and_scoring_use_one_distribution_whatever_the_models_generatio
     model.generation_config.top_p = 0.5
     model.generation_config.temperature = 0.3
     torch.manual_seed(0)
-    gen = generate(model, tok, PROMPTS, 12, temperature=temperature, return_logprobs=True)
+    gen = generate(model, tok, PROMPTS, 12, temperature=temperature, return_logprobs=True,
+                   keys=[11, 22, 33] if keyed else None)
     scored, _ = completion_logprobs(model, build_scoring_batch(gen.prompt_ids, gen.completion_ids, tok.pad_token_id),
                                     temperature=temperature)
     for i, completion in enumerate(gen.completion_ids):
@@ -68,3 +70,49 @@ def test_scoring_refuses_greedy_temperature(tiny_base):
     model, _ = tiny_base
     with pytest.raises(ValueError, match="positive temperature"):
         completion_logprobs(model, build_scoring_batch([[5]], [[6]], 0), temperature=0.0)
+
+
+def _lowbias32(x: int) -> int:
+    """The reference hash in plain Python integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_hash32_equals_the_reference_hash_without_int64_overflow():
+    xs = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
+    assert hash32(torch.tensor(xs)).tolist() == [_lowbias32(x) for x in xs]
+    assert len(set(hash32(torch.arange(100_000)).tolist())) == 100_000, "a bijection has no collisions"
+
+
+def test_keyed_uniforms_are_uniform_and_a_function_of_key_step_and_index():
+    u = keyed_uniform(torch.arange(64), step=3, vocab=1000)
+    assert u.shape == (64, 1000) and (u > 0).all() and (u < 1).all()
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    torch.testing.assert_close(keyed_uniform(torch.tensor([7, 5]), 3, 1000), u[[7, 5]], rtol=0, atol=0)
+    assert not torch.equal(keyed_uniform(torch.tensor([5]), 4, 1000), u[[5]]), "another step, other noise"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_keyed_gumbel_max_draws_from_the_tempered_softmax(temperature):
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    n = 40_000
+    sampler = KeyedGumbelSampler(list(range(n)), temperature)
+    picked = sampler(torch.zeros((n, 3), dtype=torch.long), logits.expand(n, -1).clone()).argmax(-1)
+    freq = torch.bincount(picked, minlength=5).double() / n
+    expected = torch.softmax(logits.double() / temperature, -1)
+    assert (freq - expected).abs().max() < 0.01, (freq, expected)
+
+
+def test_keyed_samples_do_not_depend_on_the_batch_they_are_drawn_in(tiny_base):
+    model, tok = tiny_base
+    alone = [generate(model, tok, [p], 10, temperature=1.0, keys=[k]).completion_ids[0]
+             for p, k in zip(PROMPTS, [101, 202, 303])]
+    torch.manual_seed(123)  # the torch RNG plays no part
+    together = generate(model, tok, PROMPTS[::-1] + ["An extra, much longer prompt that widens the padding"],
+                        10, temperature=1.0, keys=[303, 202, 101, 404]).completion_ids
+    assert together[:3][::-1] == alone
+    other = generate(model, tok, PROMPTS, 10, temperature=1.0, keys=[1, 2, 3]).completion_ids
+    assert other != alone, "other keys, other samples"

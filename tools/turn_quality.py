@@ -25,9 +25,11 @@ from abspo.models import BaseModel
 from abspo.module import SelfPlayModule
 
 
-def measure(module: SelfPlayModule, seeds, fmt: str, temperature: float, new_tokens: int) -> dict:
-    module.game = GameConfig(attacker_format=fmt, temperature=temperature, unrevised_fraction=0.0,
-                             max_new_tokens_attacker=new_tokens, max_new_tokens_defender=new_tokens)
+def measure(module: SelfPlayModule, seeds, fmt: str, temperature: float, new_tokens: int,
+            system_prompt: str | None = None, unrevised_fraction: float = 0.0) -> dict:
+    module.game = GameConfig(attacker_format=fmt, temperature=temperature, unrevised_fraction=unrevised_fraction,
+                             max_new_tokens_attacker=new_tokens, max_new_tokens_defender=new_tokens,
+                             defender_system_prompt=system_prompt)
     torch.manual_seed(0)
     start = time.perf_counter()
     exchanges = module.play(seeds)
@@ -55,17 +57,23 @@ def main() -> None:
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 0.7])
     parser.add_argument("--new-tokens", type=int, default=64, help="token budget of each turn (the main job's)")
     parser.add_argument("--base", default="smollm2-135m-instruct")
+    parser.add_argument("--defender-system-prompts", nargs="+", default=[""],
+                        help="defender system messages to compare ('' = the model's default)")
+    parser.add_argument("--unrevised-fraction", type=float, default=0.0,
+                        help="share of seeds sent to the defender as they are (the main job's: 0.5)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     module = SelfPlayModule(base=BaseModel(args.base))
     data = SeedDataModule(batch_size=args.seeds)
     data.setup()
     seeds = data.stream.batch(0).seeds
-    rows = [measure(module, seeds, f, t, args.new_tokens) for f in args.formats for t in args.temperatures]
-    print(f"{'format':<13}{'T':>5}{'fmt fail':>12}{'forfeit':>10}{'degenerate':>13}{'refused(h)':>12}{'success(h)':>12}")
+    rows = [measure(module, seeds, f, t, args.new_tokens, s or None, args.unrevised_fraction)
+            | {"system": (s or "default")[:24]}
+            for s in args.defender_system_prompts for f in args.formats for t in args.temperatures]
+    print(f"{'system':<26}{'format':<13}{'T':>5}{'fmt fail':>12}{'forfeit':>10}{'degenerate':>13}{'refused(h)':>12}{'success(h)':>12}")
     for r in rows:
         n, d, h = r["games"], r["defender_replies"], r["harmful_judged"]
-        print(f"{r['format']:<13}{r['temperature']:>5}{r['attacker_format_failures']:>8}/{n:<3}{r['attacker_forfeits']:>6}/{n:<3}"
+        print(f"{r['system']:<26}{r['format']:<13}{r['temperature']:>5}{r['attacker_format_failures']:>8}/{n:<3}{r['attacker_forfeits']:>6}/{n:<3}"
               f"{r['degenerate']:>9}/{d:<3}{r['harmful_refused']:>8}/{h:<3}{r['harmful_attack_success']:>8}/{h:<3}"
               f"  {r['degenerate_kinds']}")
     if args.json:

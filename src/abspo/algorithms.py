@@ -15,28 +15,44 @@ standardisation, per token as reward-to-go (as REINFORCE++ adds it): folded into
 the standardisation, a group of equal task rewards would get advantages of about +-1 made of KL noise,
 whatever ``kl_coef`` is.
 
+Data parallel: the batch statistics (whitening, reward normalisation) are sums over every process's share of
+the batch. The functions that take them accept ``reduce``, a function that sums a tensor over processes (the
+identity on one; :meth:`abspo.distributed.Collective.sum`), so N processes on B/N sequences each get exactly the
+advantages of one process on B. GRPO needs none: a group (the games of one seed) never spans processes.
+
 KL "in the loss" uses the k3 estimator ``exp(r) - r - 1`` with ``r = log pi_anchor - log pi``, which is
 non-negative and unbiased for KL(pi || pi_anchor).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over the processes of a data-parallel run (the identity on one process)."""
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+
+def no_reduce(x: Tensor) -> Tensor:
+    return x
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, reduce: Reduce = no_reduce) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1 (over all processes' entries with ``reduce``)."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+        total = reduce(torch.stack([(x * mask).sum(), mask.sum()]))
+        return total[0] / total[1].clamp(min=1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, reduce: Reduce = no_reduce) -> Tensor:
     """(x - mean) / std over masked entries; masked-out entries become 0. Constant input gives 0, not NaN."""
     mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, reduce=reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce=reduce)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -66,15 +82,17 @@ def reinforce_pp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: flo
     return reward_to_go(token_rewards, mask)
 
 
-def reinforce_pp_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+def reinforce_pp_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float,
+                            reduce: Reduce = no_reduce) -> Tensor:
     """REINFORCE++ advantages [B, T]: returns whitened over every token of the batch."""
-    return masked_whiten(reinforce_pp_returns(rewards, kl, mask, kl_coef), mask)
+    return masked_whiten(reinforce_pp_returns(rewards, kl, mask, kl_coef), mask, reduce=reduce)
 
 
-def normalize_rewards(rewards: Tensor, eps: float = 1e-8) -> Tensor:
+def normalize_rewards(rewards: Tensor, eps: float = 1e-8, reduce: Reduce = no_reduce) -> Tensor:
     """Batch reward normalisation (zero mean, unit std); all-equal rewards give zeros."""
-    centered = rewards - rewards.mean()
-    return centered * torch.rsqrt(centered.pow(2).mean() + eps)
+    ones = torch.ones_like(rewards)
+    centered = rewards - masked_mean(rewards, ones, reduce=reduce)
+    return centered * torch.rsqrt(masked_mean(centered.pow(2), ones, reduce=reduce) + eps)
 
 
 def grpo_advantages(rewards: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
@@ -117,6 +135,7 @@ def advantages(
     kl_coef: float,
     groups: Tensor | None = None,
     normalize_rewards_first: bool = True,
+    reduce: Reduce = no_reduce,
 ) -> Tensor:
     """Per-token advantages [B, T] of one role's batch.
 
@@ -124,6 +143,7 @@ def advantages(
     reward (k1, or zeros when the KL goes in the loss instead). ``reinforce_pp``: (optionally normalised) rewards
     plus the per-token penalty, reward-to-go, whitened over the batch's tokens. ``grpo``: the task reward
     standardised within each group of ``groups``, then minus ``kl_coef`` times the penalty's reward-to-go.
+    ``reduce`` makes the batch statistics span every process of a data-parallel run (module docstring).
     """
     mask = mask.to(kl.dtype)
     if estimator == "grpo":
@@ -132,8 +152,8 @@ def advantages(
         task = grpo_advantages(rewards, groups).to(kl.dtype)
         return (task.unsqueeze(-1) - kl_coef * reward_to_go(kl, mask)) * mask
     if estimator == "reinforce_pp":
-        seq = normalize_rewards(rewards) if normalize_rewards_first else rewards
-        return reinforce_pp_advantages(seq, kl, mask, kl_coef)
+        seq = normalize_rewards(rewards, reduce=reduce) if normalize_rewards_first else rewards
+        return reinforce_pp_advantages(seq, kl, mask, kl_coef, reduce)
     raise ValueError(f"unknown estimator {estimator!r}")
 
 

@@ -138,4 +138,6 @@ class LoggingConfig:
     """Write a text table of sample games to TensorBoard every N batches (0: never)."""
     samples_per_table: int = 4
     """Games shown in each table."""
+    check_replicas_every_n_batches: int = 10
+    """Data parallel: every N batches, check that all processes hold the same adapters (a checksum each; 0: never)."""
     extra: dict = field(default_factory=dict)

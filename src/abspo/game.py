@@ -156,6 +156,9 @@ class Exchange:
     rewards: dict[str, float] = field(default_factory=dict)
     group: int = 0
     """Games of the same seed share a group (GRPO baselines)."""
+    game: int = 0
+    """Index of the game in its batch: with the batch index, the key its turns are sampled with, so a game is
+    the same whichever process plays it."""
     turns: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     """role -> (prompt token ids, completion token ids) of the turn it played."""
 

@@ -24,8 +24,10 @@ it belongs to so a mismatched resume fails with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, Schedu
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
 from abspo.degenerate import degenerate_reply
+from abspo.distributed import Collective
 from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
                         read_attacker_turn, read_defender_turn)
 from abspo.judges.base import Judge
@@ -155,11 +158,19 @@ class SelfPlayModule(L.LightningModule):
         return self._judge
 
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size > 1:
-            # Role forwards call the PEFT model directly, not through a DDP/FSDP wrapper, so gradients would not be
-            # synchronised: each process would silently train its own adapters. Refuse instead.
-            raise ConfigError("trainer.devices", f"{self.trainer.world_size} processes requested; this release trains on "
-                              "one device (one CPU or one GPU)", "set trainer.devices: 1 and trainer.num_nodes: 1")
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if self.trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
+            raise ConfigError("trainer.strategy", f"{type(strategy).__name__} on {self.trainer.world_size} processes is "
+                              "not supported by abspo's self-play loop (role forwards bypass a strategy's wrapper; "
+                              "abspo synchronises the adapters itself under DDP)",
+                              "use trainer.strategy: ddp (docs/strategies.md), or trainer.devices: 1")
+
+    @property
+    def collective(self) -> Collective:
+        """The processes this module trains with (one, or the DDP process group): see :mod:`abspo.distributed`."""
+        return Collective.current()
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # seeds are text; tensors are built on the right device during the step
@@ -184,13 +195,26 @@ class SelfPlayModule(L.LightningModule):
         return counts
 
     # -- the game ---------------------------------------------------------------------------------
-    def play(self, seeds: list[Seed]) -> list[Exchange]:
-        """Play one game per seed (``group_size`` games per seed for GRPO). Returns the filled exchanges."""
+    def plan(self, seeds: list[Seed]) -> list[Exchange]:
+        """The batch's games before they are played: ``group_size`` per seed (GRPO), each seed revised or not
+        (``unrevised_fraction``), numbered in batch order. Decided for the whole batch, so a data-parallel run
+        plays exactly the games of a single process."""
         k = self.algorithm.group_size
         unrevised = unrevised_seeds(seeds, self.game.unrevised_fraction)
         # A seed's GRPO group shares one fate (revised or not) so that its games are comparable.
         exchanges = [Exchange(seed=s.prompt, seed_harmful=s.harmful, revised=i not in unrevised, group=i)
                      for i, s in enumerate(seeds) for _ in range(k)]
+        for n, e in enumerate(exchanges):
+            e.game = n
+        return exchanges
+
+    def play(self, seeds: list[Seed], batch_index: int = 0) -> list[Exchange]:
+        """Play one game per seed (``group_size`` games per seed for GRPO). Returns the filled exchanges."""
+        return self.play_games(self.plan(seeds), batch_index)
+
+    def play_games(self, exchanges: list[Exchange], batch_index: int = 0) -> list[Exchange]:
+        """Play the planned ``exchanges`` of batch ``batch_index``: attacker turns, defender turns, the judge's
+        verdicts and the rewards. Each turn is sampled with the key of (run seed, batch, game, role)."""
         sync = self._synced_generation()
         self.bank.model.eval()
         revised = [e for e in exchanges if e.revised]
@@ -198,7 +222,8 @@ class SelfPlayModule(L.LightningModule):
             prompts = [attacker_prompt(self.tokenizer, self.game, e.seed, e.seed_harmful) for e in revised]
             with self.bank.role("attacker") as model:
                 gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_attacker,
-                               self.game.temperature, self.game.top_p, sync)
+                               self.game.temperature, self.game.top_p, sync,
+                               keys=[sampling_key(batch_index, e.game, "attacker") for e in revised])
             self._generated_tokens += sum(len(c) for c in gen.completion_ids)
             for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
                 e.attacker_output, parsed = read_attacker_turn(self.game, text)
@@ -214,7 +239,8 @@ class SelfPlayModule(L.LightningModule):
             prompts = [defender_prompt(self.tokenizer, self.game, e.prompt) for e in played]
             with self.bank.role("defender") as model:
                 gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
-                               self.game.temperature, self.game.top_p, sync)
+                               self.game.temperature, self.game.top_p, sync,
+                               keys=[sampling_key(batch_index, e.game, "defender") for e in played])
             self._generated_tokens += sum(len(c) for c in gen.completion_ids)
             for e, p_ids, c_ids, text in zip(played, gen.prompt_ids, gen.completion_ids, gen.texts):
                 e.defender_output = text
@@ -238,24 +264,33 @@ class SelfPlayModule(L.LightningModule):
     def training_step(self, batch: SeedBatch, batch_idx: int):
         start = time.perf_counter()
         self._generated_tokens = 0
-        # Sampling is a pure function of (seed, batch index, rank): a resumed run plays exactly the games of an
-        # uninterrupted one, whatever else consumed random numbers in between (e.g. a judge loading lazily).
+        collective = self.collective
+        # Every process plans the whole batch and plays its share of the seeds (a seed's GRPO group stays on one
+        # process); turns are sampled with keys of (run seed, batch, game, role), so a game is the same on any
+        # process and a resumed run replays exactly the games of an uninterrupted one. The torch RNG is forked
+        # and seeded per batch for anything else that draws (e.g. a judge that samples).
+        planned = self.plan(batch.seeds)
+        share = range(len(batch.seeds))[collective.shard(len(batch.seeds))]
+        mine = [e for e in planned if e.group in share]
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(sampling_seed(batch.index, self.global_rank))
-            exchanges = self.play(batch.seeds)
+            torch.manual_seed(sampling_key(batch.index, -1, "torch"))
+            self.play_games(mine, batch.index)
         gen_time = time.perf_counter() - start
+        exchanges = collective.gather_objects(mine)  # every game of the batch, in batch order, on every process
         metrics = game_metrics(exchanges)
-        metrics.update(self.learn(exchanges, batch.index))
+        metrics.update(self.learn(mine, batch.index))
         for role in ROLES:
             rewards = [e.rewards[role] for e in exchanges if role in e.rewards]
             if rewards:
                 metrics[f"{role}/reward"] = sum(rewards) / len(rewards)
-        for counter in ("unparsed", "failed", "requests"):  # running totals kept by model-based judges
-            if isinstance(getattr(self.judge, counter, None), int):
-                metrics[f"judge/{counter}"] = getattr(self.judge, counter)
+        counters = [c for c in ("unparsed", "failed", "requests")  # running totals kept by model-based judges
+                    if isinstance(getattr(self.judge, c, None), int)]
+        totals = collective.sum(torch.tensor([getattr(self.judge, c) for c in counters] + [self._generated_tokens]))
+        for counter, total in zip(counters, totals.tolist()):
+            metrics[f"judge/{counter}"] = total
         elapsed = time.perf_counter() - start
-        metrics["perf/gen_tokens_per_s"] = self._generated_tokens / max(gen_time, 1e-9)
+        metrics["perf/gen_tokens_per_s"] = totals[-1].item() / max(gen_time, 1e-9)
         metrics["perf/step_s"] = elapsed
         log_batch_metrics(self, metrics, step=batch.index)
         for role in ROLES:
@@ -263,9 +298,21 @@ class SelfPlayModule(L.LightningModule):
                 self.log(f"r_{role[:3]}", float(metrics[f"{role}/reward"]), prog_bar=True, logger=False,
                          batch_size=len(exchanges))
         self._maybe_log_samples(exchanges, batch.index)
+        self._check_replicas(batch.index)
         self.last_exchanges = exchanges
         if self._trainer is not None and hasattr(self.trainer.datamodule, "batches_served"):
             self.trainer.datamodule.batches_served = batch.index + 1
+
+    def _check_replicas(self, index: int) -> None:
+        """Every ``logging.check_replicas_every_n_batches`` batches of a data-parallel run, check that every
+        process holds the same adapters (a float64 checksum each, compared); a drift is a bug, so stop loudly."""
+        every = self.logging_cfg.check_replicas_every_n_batches
+        collective = self.collective
+        if not collective.active or not every or (index + 1) % every:
+            return
+        if not collective.checksum_agrees(list(self.bank.adapter_state_dict().values())):
+            raise RuntimeError(f"batch {index}: the adapters differ between processes; data-parallel training must "
+                               "keep them identical (please report this with your config)")
 
     def learn(self, exchanges: list[Exchange], batch_index: int) -> dict[str, float]:
         """Update every adapter whose roles are due at ``batch_index`` from the scored ``exchanges``, in the
@@ -325,24 +372,28 @@ class SelfPlayModule(L.LightningModule):
         """Step 1: every scored turn of ``roles``, padded to one width, with its log-probs under the role that
         played it and under the anchor, and its advantages (normalised per role). None when there is none."""
         cfg = self.algorithm
+        reduce = self.collective.sum  # batch statistics over every process's share (identity on one process)
         prompts, completions, advantages, olds, refs = [], [], [], [], []
         stats: dict[str, float] = {}
         for role in roles:
             samples = self.role_samples(role, exchanges)
-            if not samples:
-                continue
-            old, ref, mask = self._reference_logprobs(role, samples)
+            if not int(reduce(torch.tensor(len(samples)))):
+                continue  # no process has a turn of this role
+            if samples:
+                old, ref, mask = self._reference_logprobs(role, samples)
+            else:  # this process's share has none: it still takes part in every reduction
+                old = ref = mask = torch.zeros(0, 1)
             rewards = torch.tensor([s[2] for s in samples], dtype=torch.float32)
             kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" else torch.zeros_like(old)
-            groups = torch.tensor([s[3] for s in samples])
-            adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards)
+            groups = torch.tensor([s[3] for s in samples], dtype=torch.long)
+            adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards, reduce)
             prompts += [s[0] for s in samples]
             completions += [s[1] for s in samples]
             advantages.append(adv)
             olds.append(old)
             refs.append(ref)
-            stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask))
-        if not prompts:
+            stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask, reduce=reduce))
+        if not olds:
             return None
         t = max(x.shape[1] for x in olds)  # one width for every role: a shared adapter mixes them in micro-batches
         cat = lambda xs: torch.cat([_pad_to(x, t) for x in xs])  # noqa: E731
@@ -352,7 +403,8 @@ class SelfPlayModule(L.LightningModule):
         """Step 2: one pass over the rollout batch in micro-batches, ``manual_backward`` of the token-mean loss
         (each micro-batch weighted by its share of the batch's tokens) into the adapter's ``.grad``."""
         cfg = self.algorithm
-        total_tokens = sum(len(c) for c in rollout.completions)
+        collective = self.collective
+        total_tokens = int(collective.sum(torch.tensor(sum(len(c) for c in rollout.completions))))
         on_policy = cfg.update_epochs == 1  # then the ratio is exactly 1 and old = the live log-probs, detached
         loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
         mb = cfg.micro_batch_size
@@ -374,12 +426,15 @@ class SelfPlayModule(L.LightningModule):
                 loss_sum += loss.item() * weight
                 clip_sum += clip_frac.item() * weight
                 entropy_sum += alg.masked_mean(entropy, mask).item() * weight
+        loss_sum, entropy_sum, clip_sum = collective.sum(torch.tensor([loss_sum, entropy_sum, clip_sum])).tolist()
         return {"loss": loss_sum, "entropy": entropy_sum, "clip_frac": clip_sum}
 
     def optimizer_step(self, adapter: str, opt, sched) -> dict[str, float]:
-        """Step 3: clip the adapter's gradient, step its optimizer and scheduler, clear its gradient."""
+        """Step 3: sum the adapter's gradient over processes (data parallel), clip it, step its optimizer and
+        scheduler, clear its gradient."""
         cfg = self.algorithm
         params = self.bank.adapter_parameters(adapter)
+        self.collective.sum_grads_(params)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
         if cfg.max_grad_norm is not None:
@@ -396,9 +451,13 @@ class SelfPlayModule(L.LightningModule):
     def _backward(self, loss: torch.Tensor) -> None:
         # Through the trainer when there is one (precision plugins, strategies); plain autograd otherwise, so the
         # step also runs outside a Trainer (benchmarks, notebooks).
+        # Under DDP the strategy's reducer is kept out (it would all-reduce every micro-batch and expect every
+        # adapter in every backward): optimizer_step sums each adapter's gradient once, itself.
         if self._trainer is None:
             loss.backward()
-        else:
+            return
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        with block() if block is not None and self.collective.active else contextlib.nullcontext():
             self.manual_backward(loss)
 
     @torch.no_grad()
@@ -442,11 +501,16 @@ class SelfPlayModule(L.LightningModule):
         checkpoint["abspo"] = self.checkpoint_signature()
         # Accumulation state: how many batches each adapter has been updated on, and the gradients summed since
         # its last step (LoRA-sized), so that a resume mid-accumulation steps on the same sum.
-        checkpoint["abspo_accumulation"] = {
-            "updates": dict(self._updates),
-            "grads": {n: p.grad.detach().to("cpu", copy=True) for n, p in self.named_parameters()
-                      if p.grad is not None and AdapterBank._adapter_of(n) is not None},
-        }
+        # Data parallel: the pending gradients are each process's own partial sums, so the checkpoint holds their
+        # sum (rank 0 writes it) and on resume rank 0 alone restores it: exact on any number of processes.
+        pending = [(n, p) for n, p in self.named_parameters() if AdapterBank._adapter_of(n) is not None
+                   and self._updates[AdapterBank._adapter_of(n)] % self.algorithm.accumulate_batches]
+        if self.collective.active:
+            summed = self.collective.sum_all([p.grad for _, p in pending], [p for _, p in pending])
+            grads = {n: g.to("cpu") for (n, _), g in zip(pending, summed)}
+        else:
+            grads = {n: p.grad.detach().to("cpu", copy=True) for n, p in pending if p.grad is not None}
+        checkpoint["abspo_accumulation"] = {"updates": dict(self._updates), "grads": grads}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_checkpoint(checkpoint)
@@ -454,7 +518,7 @@ class SelfPlayModule(L.LightningModule):
         if saved is not None:
             self._updates = defaultdict(int, saved["updates"])
             params = dict(self.named_parameters())
-            for name, grad in saved["grads"].items():
+            for name, grad in saved["grads"].items() if self.collective.rank == 0 else ():
                 params[name].grad = grad.to(params[name].device, params[name].dtype)
 
     def check_checkpoint(self, checkpoint: dict, key: str = "--ckpt_path") -> None:
@@ -502,9 +566,11 @@ def unrevised_seeds(seeds: list[Seed], fraction: float) -> set[int]:
     return chosen
 
 
-def sampling_seed(batch_index: int, rank: int) -> int:
+def sampling_key(batch_index: int, game: int, role: str) -> int:
+    """The sampling key of a role's turn in game ``game`` of batch ``batch_index`` (and the run's seed): what
+    makes a game the same on any process, in any batch layout, and after a resume."""
     base = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
-    return (base * 1_000_003 + batch_index * 1_009 + rank) % (2**63)
+    return zlib.crc32(f"{base}/{batch_index}/{game}/{role}".encode())
 
 
 def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:

@@ -11,6 +11,13 @@ arguments alone: a model's own ``generation_config`` (Qwen2.5-Instruct ships ``r
 silently. Sampling at temperature ``T`` draws from ``softmax(logits / T)``, and ``completion_logprobs`` scores
 with the same ``T``, so the update's "old" log-probs are the ones the tokens were drawn with and the on-policy
 ratio is 1. Truncating samplers (top-p, top-k) are not scored and are refused for training by the module.
+
+Keyed sampling (``generate(..., keys=...)``): each row draws its tokens with the Gumbel-max trick from noise
+that is a pure function of (row key, position, vocabulary index), so a game's sample does not depend on which
+other games share its batch, on the batch width, on the process that plays it or on the torch RNG. That is what
+lets N data-parallel processes playing B/N games each reproduce one process playing all B, a resume on another
+number of processes replay the same games, and vLLM-style per-request seeds exist here too. ``argmax(logits / T
++ Gumbel noise)`` is an exact draw from ``softmax(logits / T)``, so scoring is unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 
 @dataclass
@@ -37,12 +44,13 @@ class Generation:
 
 
 def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                    return_logprobs: bool = False) -> GenerationConfig:
+                    return_logprobs: bool = False, keyed: bool = False) -> GenerationConfig:
     """The whole generation config of a call: the special tokens of the model and what the caller asked, and
-    nothing else (no top-k, no repetition penalty, no other processor of the model's own config)."""
+    nothing else (no top-k, no repetition penalty, no other processor of the model's own config). ``keyed``:
+    the draw is made by :class:`KeyedGumbelSampler` on top of greedy decoding."""
     own = _hf_model(model).generation_config
     eos = getattr(own, "eos_token_id", None)
-    do_sample = temperature > 0
+    do_sample = temperature > 0 and not keyed
     # Greedy decoding ignores the sampling fields; leaving them at their defaults keeps generate from warning.
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
     return GenerationConfig(
@@ -75,18 +83,80 @@ def _hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """(x * m) mod 2**32 for int64 ``x`` in [0, 2**32), in two 16-bit halves so no product overflows int64."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def hash32(x: Tensor) -> Tensor:
+    """A bijective 32-bit integer hash (Wellons' lowbias32) of int64 values in [0, 2**32): the noise source of
+    keyed sampling, identical on every device and in every batch layout."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(keys: Tensor, step: int, vocab: int) -> Tensor:
+    """[B, vocab] float64 uniforms in (0, 1), a pure function of (key of the row, step, vocabulary index)."""
+    row = hash32((hash32(keys & _MASK32) ^ hash32(torch.full_like(keys, step))) & _MASK32)
+    col = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    h = hash32(hash32((row.unsqueeze(-1) + col * 0x9E3779B9) & _MASK32) ^ 0x5BD1E995)
+    return (h.to(torch.float64) + 0.5) / 2.0**32
+
+
+class KeyedGumbelSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling at ``temperature`` with per-row keys (Gumbel-max):
+    ``argmax(logits / T - log(-log(U)))`` with ``U = keyed_uniform(key, step, v)``.
+
+    With ``record``, keeps the log-prob of each picked token under ``softmax(logits / T)`` (for tests)."""
+
+    def __init__(self, keys: list[int], temperature: float, record: bool = False):
+        if temperature <= 0:
+            raise ValueError(f"keyed sampling needs a positive temperature, got {temperature}")
+        self.keys = torch.tensor([k & _MASK32 for k in keys], dtype=torch.int64)
+        self.temperature = temperature
+        self.start: int | None = None
+        self.picked_logprobs: list[Tensor] | None = [] if record else None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        step = input_ids.shape[1] - self.start
+        tempered = scores.float() / self.temperature
+        gumbel = -torch.log(-torch.log(keyed_uniform(self.keys.to(scores.device), step, scores.shape[-1])))
+        perturbed = tempered + gumbel.to(tempered.dtype)
+        if self.picked_logprobs is not None:
+            picked = perturbed.argmax(-1, keepdim=True)
+            self.picked_logprobs.append(tempered.log_softmax(-1).gather(-1, picked).squeeze(-1))
+        return perturbed
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, synced_gpus: bool = False, return_logprobs: bool = False) -> Generation:
+             top_p: float = 1.0, synced_gpus: bool = False, return_logprobs: bool = False,
+             keys: list[int] | None = None) -> Generation:
     """Sample one completion per prompt from ``softmax(logits / temperature)`` (greedy at temperature 0).
 
-    ``synced_gpus`` must be on under FSDP (every rank steps together).
+    ``keys`` (one int per prompt, temperature > 0, top_p 1): keyed sampling, each row's draw a pure function of
+    its key (module docstring). Without keys the torch RNG draws. ``synced_gpus`` must be on under FSDP (every
+    rank steps together).
     """
+    keyed = keys is not None and temperature > 0
+    if keyed and (len(keys) != len(prompts) or top_p != 1.0):
+        raise ValueError("keyed sampling needs one key per prompt and top_p 1.0")
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
-    config = sampling_config(model, tokenizer, max_new_tokens, temperature, top_p, return_logprobs)
+    config = sampling_config(model, tokenizer, max_new_tokens, temperature, top_p, return_logprobs and not keyed,
+                             keyed)
+    sampler = KeyedGumbelSampler(keys, temperature, record=return_logprobs) if keyed else None
+    extra = {"logits_processor": LogitsProcessorList([sampler])} if keyed else {}
     with only_this_generation_config(model, config):
-        raw = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus)
-    out = raw.sequences if return_logprobs else raw
+        raw = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus, **extra)
+    out = raw.sequences if return_logprobs and not keyed else raw
     width = enc["input_ids"].shape[1]
     eos = _eos_ids(model, tokenizer)
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
@@ -96,7 +166,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
         completions.append(row[:cut])
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     sampled = None
-    if return_logprobs:
+    if return_logprobs and keyed:
+        steps = torch.stack(sampler.picked_logprobs, dim=1)  # [B, new tokens]
+        sampled = [steps[i, :len(c)].tolist() for i, c in enumerate(completions)]
+    elif return_logprobs:
         steps = torch.stack(raw.scores, dim=1).float().log_softmax(-1)  # [B, new tokens, V], processed
         sampled = [steps[i, torch.arange(len(c)), torch.tensor(c, dtype=torch.long)].tolist() if c else []
                    for i, c in enumerate(completions)]

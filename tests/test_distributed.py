@@ -1,0 +1,106 @@
+"""Data parallel (DDP over gloo, 2 CPU processes): N processes on B/N games each equal 1 process on B games.
+
+Tolerances: the two runs play the same games (keyed sampling) and compute the same sums, in another order
+(two micro-batches of 4 rows against one of 8, and a sum over processes), so gradients differ by float32
+rounding, ~1e-7 relative. Adam divides each gradient by its own running scale, which can turn such a rounding
+difference on a near-zero component into a visible one: after 2 steps at lr 1e-2 the largest difference seen is
+~1e-5, against adapter entries of ~0.1. ``ATOL`` 1e-4 (1% of one step) catches an error that changes the
+direction of an update (a missing gradient sum, a per-process whitening or reward normalisation), each of which
+moves entries by ~lr. Adam hides a wrong *scale* (an average instead of a sum), so the logged gradient norms
+and losses are compared too.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from abspo.cli import cli_main
+from abspo.distributed import Collective
+from tests import ddp_worker
+
+ATOL = 1e-4
+ABSPO = str(Path(sys.executable).parent / "abspo")
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _env() -> dict:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path.cwd()))
+    env.pop("LOCAL_RANK", None)
+    return env
+
+
+def assert_adapters_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys() and a
+    moved = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved <= ATOL, f"adapters differ by {moved:.2e} > {ATOL}"
+
+
+def test_shards_cover_the_batch_once_in_order():
+    for n in (0, 1, 5, 8):
+        for world in (1, 2, 3):
+            parts = [range(n)[Collective(world, r).shard(n)] for r in range(world)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_two_processes_update_as_one_even_when_one_has_no_attacker_turn(tmp_path):
+    out = tmp_path / "rank0.pt"
+    proc = torchrun(str(Path(ddp_worker.__file__)), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(out, weights_only=True)
+    assert two["stats"]["local_attacker_turns"] == 0, "rank 0's share must have no attacker turn (the case tested)"
+
+    one = ddp_worker.module()
+    stats = ddp_worker.play_and_learn(one, Collective())
+    assert stats["attacker/samples"] > 0 and stats["defender/samples"] > 0
+    assert_adapters_close(two["adapters"], one.bank.adapter_state_dict())
+    for key in ("attacker/kl", "defender/kl", "attacker/loss", "defender/loss", "defender/entropy",
+                "attacker/grad_norm", "defender/grad_norm"):
+        assert two["stats"][key] == pytest.approx(stats[key], abs=1e-5), key
+    before = ddp_worker.module().bank.adapter_state_dict()
+    assert max((before[k] - one.bank.adapter_state_dict()[k]).abs().max().item() for k in before) > 10 * ATOL, \
+        "the update moved the adapters by more than the tolerance"
+
+
+def fit(*args: str, timeout: int = 300) -> None:
+    proc = subprocess.run([ABSPO, "fit", *args], capture_output=True, text=True, timeout=timeout, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def exported(root: Path, name: str) -> dict[str, torch.Tensor]:
+    return {f"{role}/{k}": v for role in ("attacker", "defender")
+            for k, v in load_file(root / name / "adapters" / role / "adapter_model.safetensors").items()}
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(root), "--run.name", "run"])
+    return exported(root, "run")
+
+
+def test_ddp_run_equals_one_process_on_the_global_batch(tmp_path, one_process_run):
+    fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run")
+    assert_adapters_close(exported(tmp_path, "run"), one_process_run)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4 and all(".lora_" in k for k in ckpt["state_dict"]), "adapters only, 4 steps"
+
+
+def test_ddp_checkpoint_resumes_on_one_process_to_the_same_adapters(tmp_path, one_process_run):
+    fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--trainer.max_steps", "2")
+    fit("--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--ckpt_path", "last")
+    assert_adapters_close(exported(tmp_path, "run"), one_process_run)
