@@ -1,4 +1,5 @@
-"""Data parallel (DDP over gloo, 2 CPU processes): N processes on B/N games each equal 1 process on B games.
+"""Data parallel (DDP) and sharded (FSDP2) self-play over gloo on 2 CPU processes: N processes on B/N games
+each equal 1 process on B games.
 
 Tolerances: the two runs play the same games (keyed sampling) and compute the same sums, in another order
 (two micro-batches of 4 rows against one of 8, and a sum over processes), so gradients differ by float32
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 
 from abspo.cli import cli_main
 from abspo.distributed import Collective
-from tests import ddp_worker
+from tests import distributed_worker as worker
 
 ATOL = 1e-4
 ABSPO = str(Path(sys.executable).parent / "abspo")
@@ -55,21 +56,29 @@ def test_shards_cover_the_batch_once_in_order():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_two_processes_update_as_one_even_when_one_has_no_attacker_turn(tmp_path):
+@pytest.fixture(scope="module")
+def one_process_update():
+    one = worker.module()
+    return one, worker.play_and_learn(one, Collective())
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_two_processes_update_as_one_even_when_one_has_no_attacker_turn(tmp_path, mode, one_process_update):
     out = tmp_path / "rank0.pt"
-    proc = torchrun(str(Path(ddp_worker.__file__)), str(out))
+    proc = torchrun(str(Path(worker.__file__)), mode, str(out))  # a hang fails on the process group's timeout
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(out, weights_only=True)
     assert two["stats"]["local_attacker_turns"] == 0, "rank 0's share must have no attacker turn (the case tested)"
+    if mode == "fsdp2":
+        assert two["stats"]["uneven_generation_tokens"] <= 3, "rank 0 stopped at its own budget, rank 1 went on"
 
-    one = ddp_worker.module()
-    stats = ddp_worker.play_and_learn(one, Collective())
+    one, stats = one_process_update
     assert stats["attacker/samples"] > 0 and stats["defender/samples"] > 0
     assert_adapters_close(two["adapters"], one.bank.adapter_state_dict())
     for key in ("attacker/kl", "defender/kl", "attacker/loss", "defender/loss", "defender/entropy",
                 "attacker/grad_norm", "defender/grad_norm"):
         assert two["stats"][key] == pytest.approx(stats[key], abs=1e-5), key
-    before = ddp_worker.module().bank.adapter_state_dict()
+    before = worker.module().bank.adapter_state_dict()
     assert max((before[k] - one.bank.adapter_state_dict()[k]).abs().max().item() for k in before) > 10 * ATOL, \
         "the update moved the adapters by more than the tolerance"
 
@@ -91,16 +100,29 @@ def one_process_run(tmp_path_factory):
     return exported(root, "run")
 
 
-def test_ddp_run_equals_one_process_on_the_global_batch(tmp_path, one_process_run):
-    fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run")
+def test_fsdp2_run_saved_and_resumed_equals_one_process_on_the_global_batch(tmp_path, one_process_run):
+    """Sharded, with a stop and a resume half-way: the adapters of an uninterrupted 1-process run."""
+    fit("--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--trainer.max_steps", "2")
+    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert folder.is_dir(), "a sharded checkpoint is a torch.distributed.checkpoint folder"
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    tensors = [k for k in saved if k.startswith("state_dict.")]
+    assert tensors and all(".lora_" in k for k in tensors), "adapter shards only, never the base"
+    fit("--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), one_process_run)
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 4 and all(".lora_" in k for k in ckpt["state_dict"]), "adapters only, 4 steps"
 
 
-def test_ddp_checkpoint_resumes_on_one_process_to_the_same_adapters(tmp_path, one_process_run):
+def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, one_process_run):
+    """2 batches: the first on 2 DDP processes, then a resume on 1 process (the games do not depend on the
+    process count): the adapters of an uninterrupted 1-process run."""
     fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
         "--trainer.max_steps", "2")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and all(".lora_" in k for k in ckpt["state_dict"]), "adapters only"
     fit("--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
         "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), one_process_run)

@@ -180,18 +180,23 @@ class AdapterBank(nn.Module):
             self.model.eval()
 
     # -- export -----------------------------------------------------------------------------------
-    def export(self, role: str, folder: str | Path) -> Path:
+    def export(self, role: str, folder: str | Path, write: bool = True) -> Path:
         """Write ``role``'s adapter as a standard PEFT folder.
 
         ``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
         ``PeftModel.from_pretrained(base, folder)``. Written to a temporary sibling and renamed into place,
-        so a crash mid-write never corrupts an adapter exported earlier.
+        so a crash mid-write never corrupts an adapter exported earlier. Sharded (FSDP2), gathering the
+        adapter is a collective: every process calls this, and only the one with ``write`` writes.
         """
+        from abspo.sharding import full_tensor
+
         adapter = self.adapter_for(role)
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         state = get_peft_model_state_dict(self.model, adapter_name=adapter)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        state = {k: full_tensor(v.detach()).to("cpu").contiguous() for k, v in state.items()}
+        if not write:
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
         config = self.model.peft_config[adapter]
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
         try:

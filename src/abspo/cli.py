@@ -54,6 +54,7 @@ from abspo.evaluation.safety import (
     safety_report,
 )
 from abspo.module import SelfPlayModule
+from abspo.planner import plan_main
 
 
 @dataclass
@@ -147,15 +148,17 @@ class AbspoCLI(LightningCLI):
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
             path = self.run_dir() / "checkpoints" / "last.ckpt"
-            if not path.is_file():
+            if not path.exists():
                 raise ConfigError("--ckpt_path", f"there is no checkpoint to resume at {path}",
                                   "check run.name / run.output_root (the run folder is <output_root>/<name>), "
                                   "or drop --ckpt_path to start a new run")
         else:
             path = Path(str(ckpt))
-            if not path.is_file():
+            if not path.exists():
                 raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
                                   "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
+        if path.is_dir():
+            return _read_sharded_checkpoint(path)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem here
@@ -277,6 +280,23 @@ def _prepare_command_line() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _read_sharded_checkpoint(path: Path) -> dict:
+    """A sharded (FSDP2) checkpoint folder as Lightning's ModelParallelStrategy writes it: the loop state in
+    ``meta.pt``, the tensors in torch.distributed.checkpoint files. Returns the loop state with ``state_dict``
+    mapping the saved tensor names to None (enough to check the checkpoint; the strategy loads the tensors)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        names = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as err:  # noqa: BLE001 - any unreadable folder is a user-facing problem here
+        raise ConfigError("--ckpt_path", f"{path} is not a readable sharded checkpoint folder ({type(err).__name__})",
+                          "point it at a checkpoint written by abspo") from None
+    prefix = "state_dict."
+    checkpoint["state_dict"] = {k[len(prefix):]: None for k in names if k.startswith(prefix)}
+    return checkpoint
+
+
 def _progress_lines() -> None:
     """Show abspo's INFO lines (``generated 16/120``...): an evaluation on a CPU runs for many minutes."""
     if not logging.getLogger().handlers:
@@ -321,8 +341,9 @@ def safety_report_main(argv: list[str]) -> None:
     print(f"written to {kwargs['out']}/report.json, report.md, exchanges.jsonl, exchanges.html")
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main}
-"""Subcommands beside LightningCLI's: they evaluate finished adapters and need no training config."""
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main,
+                                                     "plan": plan_main}
+"""Subcommands beside LightningCLI's: they evaluate finished adapters or plan a run, and start no training."""
 
 
 class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):

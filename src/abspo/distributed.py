@@ -66,6 +66,14 @@ class Collective:
         torch.distributed.all_reduce(buf)
         return buf.to(x.device, x.dtype)
 
+    def max(self, x: Tensor) -> Tensor:
+        """``x`` maximised element-wise over all processes."""
+        if not self.active:
+            return x
+        buf = x.detach().to(self.device, copy=True)
+        torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.MAX)
+        return buf.to(x.device)
+
     def sum_all(self, tensors: list[Tensor | None], like: list[Tensor]) -> list[Tensor]:
         """Each tensor summed over processes, in one all-reduce of their concatenation; ``None`` counts as
         zeros shaped like the matching ``like`` tensor, so a process with nothing to add calls this the same

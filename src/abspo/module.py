@@ -46,7 +46,8 @@ from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt
 from abspo.judges.base import Judge
 from abspo.models import BaseModel, load_base, meta_model
 from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
-from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
+from abspo.sharding import full_tensor, shard_bank
 from abspo.step_logging import log_batch_metrics
 
 CHECKPOINT_FORMAT = 1
@@ -147,6 +148,7 @@ class SelfPlayModule(L.LightningModule):
         self._updates = defaultdict(int)  # adapter -> batches it has been updated on (accumulation counter)
         self._standalone_optimizers = None  # optimizers of learn() outside a Trainer
         self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
+        self._sharded = False  # FSDP2 applied (configure_model): every process must run the same forwards
 
     # -- setup ------------------------------------------------------------------------------------
     @property
@@ -158,14 +160,33 @@ class SelfPlayModule(L.LightningModule):
         return self._judge
 
     def setup(self, stage: str) -> None:
-        from lightning.pytorch.strategies import DDPStrategy
+        from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+        from abspo.strategies import FSDP2Strategy
 
         strategy = self.trainer.strategy
-        if self.trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
+        if isinstance(strategy, ModelParallelStrategy) and not isinstance(strategy, FSDP2Strategy):
+            raise ConfigError("trainer.strategy", "ModelParallelStrategy would save and load the frozen base in every "
+                              "checkpoint (and cannot resume an adapter-only one)",
+                              "use class_path: abspo.strategies.FSDP2Strategy (the same strategy, adapter-only checkpoints)")
+        if self.trainer.world_size > 1 and not isinstance(strategy, (DDPStrategy, FSDP2Strategy)):
             raise ConfigError("trainer.strategy", f"{type(strategy).__name__} on {self.trainer.world_size} processes is "
                               "not supported by abspo's self-play loop (role forwards bypass a strategy's wrapper; "
-                              "abspo synchronises the adapters itself under DDP)",
-                              "use trainer.strategy: ddp (docs/strategies.md), or trainer.devices: 1")
+                              "abspo synchronises the adapters itself under DDP and shards them under FSDP2)",
+                              "use trainer.strategy: ddp, or abspo.strategies.FSDP2Strategy (docs/strategies.md)")
+        if isinstance(strategy, FSDP2Strategy) and self.algorithm.accumulate_batches > 1:
+            raise ConfigError("model.algorithm.accumulate_batches", "gradient accumulation across batches is not "
+                              "supported under FSDP2 yet (a checkpoint could not hold the sharded pending gradients)",
+                              "set accumulate_batches: 1 and raise data.batch_size instead, or use trainer.strategy: ddp")
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: shard the base and the adapters with FSDP2 (:mod:`abspo.sharding`)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._sharded or self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        shard_bank(self.bank, self.trainer.world_size, self.trainer.strategy.root_device.type)
+        self._sharded = True
 
     @property
     def collective(self) -> Collective:
@@ -215,37 +236,27 @@ class SelfPlayModule(L.LightningModule):
     def play_games(self, exchanges: list[Exchange], batch_index: int = 0) -> list[Exchange]:
         """Play the planned ``exchanges`` of batch ``batch_index``: attacker turns, defender turns, the judge's
         verdicts and the rewards. Each turn is sampled with the key of (run seed, batch, game, role)."""
-        sync = self._synced_generation()
         self.bank.model.eval()
         revised = [e for e in exchanges if e.revised]
-        if revised:
-            prompts = [attacker_prompt(self.tokenizer, self.game, e.seed, e.seed_harmful) for e in revised]
-            with self.bank.role("attacker") as model:
-                gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_attacker,
-                               self.game.temperature, self.game.top_p, sync,
-                               keys=[sampling_key(batch_index, e.game, "attacker") for e in revised])
-            self._generated_tokens += sum(len(c) for c in gen.completion_ids)
-            for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
-                e.attacker_output, parsed = read_attacker_turn(self.game, text)
-                e.attacker_well_formed = parsed.well_formed
-                e.prompt = parsed.text
-                e.forfeited = attacker_forfeits(parsed)
-                e.turns["attacker"] = (p_ids, c_ids)
+        gen = self._generate_turns("attacker", [attacker_prompt(self.tokenizer, self.game, e.seed, e.seed_harmful)
+                                                for e in revised], [e.game for e in revised], batch_index)
+        for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
+            e.attacker_output, parsed = read_attacker_turn(self.game, text)
+            e.attacker_well_formed = parsed.well_formed
+            e.prompt = parsed.text
+            e.forfeited = attacker_forfeits(parsed)
+            e.turns["attacker"] = (p_ids, c_ids)
         for e in exchanges:
             if not e.revised:
                 e.prompt = e.seed
         played = [e for e in exchanges if not e.forfeited]  # a forfeit hands the defender nothing
+        gen = self._generate_turns("defender", [defender_prompt(self.tokenizer, self.game, e.prompt) for e in played],
+                                   [e.game for e in played], batch_index)
+        for e, p_ids, c_ids, text in zip(played, gen.prompt_ids, gen.completion_ids, gen.texts):
+            e.defender_output = text
+            e.response, e.defender_well_formed = read_defender_turn(self.game, text)
+            e.turns["defender"] = (p_ids, c_ids)
         if played:
-            prompts = [defender_prompt(self.tokenizer, self.game, e.prompt) for e in played]
-            with self.bank.role("defender") as model:
-                gen = generate(model, self.tokenizer, prompts, self.game.max_new_tokens_defender,
-                               self.game.temperature, self.game.top_p, sync,
-                               keys=[sampling_key(batch_index, e.game, "defender") for e in played])
-            self._generated_tokens += sum(len(c) for c in gen.completion_ids)
-            for e, p_ids, c_ids, text in zip(played, gen.prompt_ids, gen.completion_ids, gen.texts):
-                e.defender_output = text
-                e.response, e.defender_well_formed = read_defender_turn(self.game, text)
-                e.turns["defender"] = (p_ids, c_ids)
             verdicts = self.judge.score([e.prompt for e in played], [e.response for e in played],
                                         [e.seed_harmful for e in played])
             for e, v in zip(played, verdicts):
@@ -254,11 +265,29 @@ class SelfPlayModule(L.LightningModule):
         score_exchanges(exchanges, self.reward_table)
         return exchanges
 
-    def _synced_generation(self) -> bool:
-        if self._trainer is None:
-            return False
-        name = type(self.trainer.strategy).__name__
-        return "FSDP" in name or "ModelParallel" in name
+    def _generate_turns(self, role: str, prompts: list[str], games: list[int], batch_index: int):
+        """Sample ``role``'s turns for ``prompts`` (of games ``games``), each with its game's key. Sharded, every
+        process generates in lockstep (``synced_gpus``), one with no turn of this role on a throw-away prompt."""
+        new_tokens = self.game.max_new_tokens_attacker if role == "attacker" else self.game.max_new_tokens_defender
+        keys = [sampling_key(batch_index, g, role) for g in games]
+        if not prompts and not self._sharded:
+            return Generation([], [], [])
+        with self.bank.role(role) as model:
+            gen = generate(model, self.tokenizer, prompts or ["."], new_tokens, self.game.temperature,
+                           self.game.top_p, synced_gpus=self._sharded, keys=keys or [0])
+        if not prompts:
+            return Generation([], [], [])
+        self._generated_tokens += sum(len(c) for c in gen.completion_ids)
+        return gen
+
+    def _micro_batches(self, rows: int) -> int:
+        """Micro-batches to run for ``rows`` rows: sharded, the most any process needs (FSDP2 forwards are
+        collectives, so every process runs as many; the extra ones are throw-away work)."""
+        n = -(-rows // self.algorithm.micro_batch_size)
+        return int(self.collective.max(torch.tensor(n))) if self._sharded else n
+
+    def _dummy_scoring_batch(self):
+        return build_scoring_batch([[self._pad_id()]], [[self._pad_id()]], self._pad_id(), self.device)
 
     # -- the update -------------------------------------------------------------------------------
     def training_step(self, batch: SeedBatch, batch_idx: int):
@@ -308,8 +337,8 @@ class SelfPlayModule(L.LightningModule):
         process holds the same adapters (a float64 checksum each, compared); a drift is a bug, so stop loudly."""
         every = self.logging_cfg.check_replicas_every_n_batches
         collective = self.collective
-        if not collective.active or not every or (index + 1) % every:
-            return
+        if not collective.active or self._sharded or not every or (index + 1) % every:
+            return  # (sharded adapters differ between processes by design)
         if not collective.checksum_agrees(list(self.bank.adapter_state_dict().values())):
             raise RuntimeError(f"batch {index}: the adapters differ between processes; data-parallel training must "
                                "keep them identical (please report this with your config)")
@@ -379,10 +408,8 @@ class SelfPlayModule(L.LightningModule):
             samples = self.role_samples(role, exchanges)
             if not int(reduce(torch.tensor(len(samples)))):
                 continue  # no process has a turn of this role
-            if samples:
-                old, ref, mask = self._reference_logprobs(role, samples)
-            else:  # this process's share has none: it still takes part in every reduction
-                old = ref = mask = torch.zeros(0, 1)
+            # A process whose share has none still takes part in every reduction (and, sharded, every forward).
+            old, ref, mask = self._reference_logprobs(role, samples)
             rewards = torch.tensor([s[2] for s in samples], dtype=torch.float32)
             kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" else torch.zeros_like(old)
             groups = torch.tensor([s[3] for s in samples], dtype=torch.long)
@@ -407,9 +434,16 @@ class SelfPlayModule(L.LightningModule):
         total_tokens = int(collective.sum(torch.tensor(sum(len(c) for c in rollout.completions))))
         on_policy = cfg.update_epochs == 1  # then the ratio is exactly 1 and old = the live log-probs, detached
         loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
+        grad_scale = collective.world_size if self._sharded else 1  # FSDP2 averages over processes (sharding.py)
         mb = cfg.micro_batch_size
         with self.bank.role(role), self.bank.update_mode():  # every role in the update routes to `adapter`
-            for lo in range(0, len(rollout.prompts), mb):
+            for k in range(self._micro_batches(len(rollout.prompts))):
+                lo = k * mb
+                if lo >= len(rollout.prompts):  # sharded, this process is out of rows: a zero-weighted pass
+                    logp, _ = completion_logprobs(self.bank.model, self._dummy_scoring_batch(),
+                                                  temperature=self.game.temperature)
+                    self._backward(logp.sum() * 0.0)
+                    continue
                 batch = build_scoring_batch(rollout.prompts[lo:lo + mb], rollout.completions[lo:lo + mb],
                                             self._pad_id(), self.device)
                 t = batch.completion_ids.shape[1]
@@ -422,7 +456,7 @@ class SelfPlayModule(L.LightningModule):
                                                 None if on_policy else cfg.clip_eps, cfg.kl_coef,
                                                 kl_in_loss=cfg.kl_mode == "loss_k3")
                 weight = mask.sum().item() / total_tokens
-                self._backward(loss * weight / cfg.accumulate_batches)
+                self._backward(loss * (weight * grad_scale / cfg.accumulate_batches))
                 loss_sum += loss.item() * weight
                 clip_sum += clip_frac.item() * weight
                 entropy_sum += alg.masked_mean(entropy, mask).item() * weight
@@ -434,9 +468,10 @@ class SelfPlayModule(L.LightningModule):
         scheduler, clear its gradient."""
         cfg = self.algorithm
         params = self.bank.adapter_parameters(adapter)
-        self.collective.sum_grads_(params)
+        if not self._sharded:  # FSDP2 has reduce-scattered the sums already
+            self.collective.sum_grads_(params)
         grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        grad_norm = float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
         if cfg.max_grad_norm is not None:
             if self._trainer is None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -465,18 +500,23 @@ class SelfPlayModule(L.LightningModule):
         """Log-probs of the sampled completions under the role (before its update) and under the anchor, at the
         sampling temperature."""
         olds, refs, masks = [], [], []
-        t = max(1, max(len(s[1]) for s in samples))
+        t = max([1] + [len(s[1]) for s in samples])
         temperature = self.game.temperature
-        for lo in range(0, len(samples), self.algorithm.micro_batch_size):
-            chunk = samples[lo:lo + self.algorithm.micro_batch_size]
-            batch = build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
+        mb = self.algorithm.micro_batch_size
+        for k in range(self._micro_batches(len(samples))):
+            chunk = samples[k * mb:(k + 1) * mb]
+            batch = (build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
+                     if chunk else self._dummy_scoring_batch())
             with self.bank.role(role) as model:
                 old, _ = completion_logprobs(model, batch, temperature=temperature)
             with self.bank.anchor() as model:
                 ref, _ = completion_logprobs(model, batch, temperature=temperature)
-            olds.append(_pad_to(old, t))
-            refs.append(_pad_to(ref, t))
-            masks.append(_pad_to(batch.completion_mask, t))
+            if chunk:
+                olds.append(_pad_to(old, t))
+                refs.append(_pad_to(ref, t))
+                masks.append(_pad_to(batch.completion_mask, t))
+        if not olds:
+            return torch.zeros(0, 1), torch.zeros(0, 1), torch.zeros(0, 1)
         return torch.cat(olds).cpu(), torch.cat(refs).cpu(), torch.cat(masks).cpu().float()
 
     def _pad_id(self) -> int:
@@ -535,6 +575,8 @@ class SelfPlayModule(L.LightningModule):
         if diffs:
             raise ConfigError(key, "the checkpoint's adapters differ from this run's: " + "; ".join(diffs),
                               "use the adapter settings of the checkpoint's run, or start a new run (another run.name)")
+        if "state_dict" not in checkpoint:
+            return  # a sharded checkpoint's loop state: the strategy loads (and checks) its tensors itself
         expected = {k for k, _ in self.named_parameters() if AdapterBank._adapter_of(k) is not None}
         missing = expected - set(checkpoint["state_dict"])
         if missing:

@@ -27,10 +27,11 @@ class AdapterExport(L.Callback):
         return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "adapters"
 
     def export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self._last_step == trainer.global_step or not trainer.is_global_zero:
+        sharded = getattr(module, "_sharded", False)  # FSDP2: every process gathers, rank 0 writes
+        if self._last_step == trainer.global_step or not (trainer.is_global_zero or sharded):
             return
         for role in module.bank.spec.roles:
-            module.bank.export(role, self.folder(trainer) / role)
+            module.bank.export(role, self.folder(trainer) / role, write=trainer.is_global_zero)
         self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

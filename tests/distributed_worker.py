@@ -1,8 +1,11 @@
 """One process of a data-parallel update, for tests/test_distributed.py (run with ``torch.distributed.run``).
 
-Every process plays the whole batch (keyed sampling makes the games identical everywhere), keeps its own share
-of the seeds, and updates through ``SelfPlayModule.learn`` with the default process group, exactly as
-``training_step`` does under DDP. Rank 0 writes the adapters after the update to ``argv[1]``.
+``ddp``: every process holds the whole model and plays its share of the seeds, then updates through
+``SelfPlayModule.learn`` with the default process group, exactly as ``training_step`` does under DDP.
+``fsdp2``: the same with the bank sharded (``abspo.sharding.shard_bank``), so generation, scoring and the
+gradient pass run FSDP2's collectives; then one more generation with a different token budget on each process
+(3 vs 9: one process finishes early and must keep stepping with the other). The adapters (gathered) and the
+update's statistics of rank 0 go to ``argv[2]``.
 
 The batch is ordered so that the first share holds only unrevised seeds: that process has no attacker turn,
 yet must take part in every collective of the attacker's update (else the other one waits forever; the
@@ -23,6 +26,8 @@ from abspo.game import GameConfig
 from abspo.judges import HeuristicJudge
 from abspo.models import BaseModel
 from abspo.module import SelfPlayModule
+from abspo.rollout import generate
+from abspo.sharding import full_tensor, shard_bank
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
 # harmful, harmful, benign, benign, ...: unrevised_fraction 0.5 leaves the first two of each label unrevised,
@@ -39,23 +44,31 @@ def module() -> SelfPlayModule:
 
 
 def play_and_learn(m: SelfPlayModule, collective: Collective) -> dict[str, float]:
-    games = m.play(SEEDS, batch_index=3)
     share = range(len(SEEDS))[collective.shard(len(SEEDS))]
-    mine = [e for e in games if e.group in share]
+    mine = m.play_games([e for e in m.plan(SEEDS) if e.group in share], batch_index=3)
     stats = m.learn(mine, batch_index=0)  # batch 0 of the alternate schedule: both roles update
     stats["local_attacker_turns"] = float(sum("attacker" in e.turns for e in mine))
     return stats
 
 
-def main(out: str) -> None:
+def main(mode: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     collective = Collective.current()
     m = module()
+    if mode == "fsdp2":
+        shard_bank(m.bank, collective.world_size, "cpu")
+        m._sharded = True
     stats = play_and_learn(m, collective)
+    adapters = {k: full_tensor(v) for k, v in m.bank.adapter_state_dict().items()}
+    if mode == "fsdp2":
+        with m.bank.role("defender") as model:
+            gen = generate(model, m.tokenizer, ["Hello"], 3 if collective.rank == 0 else 9, 1.0, synced_gpus=True,
+                           keys=[collective.rank])
+        stats["uneven_generation_tokens"] = float(len(gen.completion_ids[0]))
     if collective.rank == 0:
-        torch.save({"adapters": m.bank.adapter_state_dict(), "stats": stats}, out)
+        torch.save({"adapters": adapters, "stats": stats}, out)
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,340 @@
+"""Memory planner: per-device memory of a self-play run, from its config, before anything is loaded.
+
+``abspo plan --config configs/qwen2.5-14b-fsdp.yaml`` prints one table per phase and says whether the run fits
+the device and what to change if it does not. It is arithmetic on the architecture (no weights are loaded,
+nothing is downloaded for the built-in Qwen2.5 shapes), so it runs on a laptop for a 14B plan.
+
+What a device holds, by phase (the step runs them one after another, so the peak is the persistent part plus
+the largest phase):
+
+- **persistent**: the frozen base (its dtype; a 1/N shard under FSDP), every adapter's LoRA weights, gradients
+  and AdamW moments (float32: 16 bytes per LoRA parameter; sharded under FSDP), and a colocated judge model.
+- **rollouts**: the KV cache of this device's games for the longer turn (2 x layers x KV heads x head dim x
+  sequence x games x dtype bytes), the per-step sampling buffers (float32 logits and keyed-sampling noise over
+  the vocabulary), and under FSDP the gathered full base (generation unshards the model once instead of
+  re-gathering every layer for every token).
+- **update**: for one micro-batch, the activations saved for backward (per token and layer, see
+  :func:`activation_bytes_per_token_layer`; with activation checkpointing only each layer's input plus one
+  layer's activations), the float32 completion logits (log-softmax and entropy keep ~3 copies), and under
+  FSDP two gathered layers (the current one and the prefetched next).
+- **judge** (a colocated judge model): the KV cache of its queries for this device's games.
+- **runtime**: the framework's own memory (CUDA context and allocator slack on a GPU; the Python + torch
+  process on a CPU), a constant you can set.
+
+The activation count is an estimate of what autograd keeps for a Qwen2/Llama decoder layer with LoRA on every
+linear layer and SDPA attention (no sequence-squared term): it is validated against measured peaks on CPU by
+``tools/memory_plan.py --validate``, whose error is quoted in ``docs/strategies.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+JUDGE_PARAMS = {"WildGuardJudge": 7.25e9, "LlamaGuardJudge": 8.03e9}
+"""Parameters of the model-based judges' default checkpoints (WildGuard: Mistral-7B-v0.3; Llama Guard 3 8B)."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shapes of a decoder-only causal LM that memory depends on."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied_embeddings: bool
+    qkv_bias: bool = True
+    """Qwen2 has q/k/v biases; Llama-style models (SmolLM2) do not."""
+
+    @classmethod
+    def from_hf_config(cls, config) -> Architecture:
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
+                   config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+                   config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)),
+                   qkv_bias=getattr(config, "model_type", "") == "qwen2")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder layer: q, k, v, o, gate, up, down."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+
+    def layer_params(self) -> int:
+        weights = sum(a * b for a, b in self.linear_shapes())
+        bias = (self.hidden + 2 * self.kv_dim) if self.qkv_bias else 0
+        return weights + bias + 2 * self.hidden  # + the two RMSNorm weights
+
+    def base_params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * self.layer_params() + embeddings + self.hidden  # + the final norm
+
+    def lora_params(self, r: int) -> int:
+        """LoRA on every linear layer of every decoder layer (PEFT's 'all-linear', which leaves out the LM head)."""
+        return self.layers * sum(r * (a + b) for a, b in self.linear_shapes())
+
+
+def activation_bytes_per_token_layer(arch: Architecture, dtype_bytes: int) -> int:
+    """Bytes autograd keeps per token and decoder layer in the gradient pass (no activation checkpointing).
+
+    Attention block: the RMSNorm input and its float32 statistics, the normed input (read by q, k, v and their
+    LoRA A), q, k, v after RoPE, the attention output (read by o and its LoRA A), SDPA's log-sum-exp; MLP block:
+    the norm input, the normed input, gate, up, SiLU(gate) and the product (read by down); each LoRA keeps its
+    rank-r intermediate (negligible, not counted). Residual adds keep nothing."""
+    h, i, kv = arch.hidden, arch.intermediate, arch.kv_dim
+    in_dtype = 2 * h + h + 2 * kv + h + h  # norm in, normed, q, k, v, attention out
+    in_dtype += 2 * h + 4 * i  # MLP: norm in, normed, gate, up, act, product
+    fp32 = 2 * 4 * 1 + arch.heads * 4  # RMSNorm reciprocal std (x2), SDPA log-sum-exp per head
+    return in_dtype * dtype_bytes + fp32
+
+
+@dataclass
+class PlanInputs:
+    """Everything the plan depends on (built from a training config by :func:`inputs_from_config`)."""
+
+    arch: Architecture
+    base_dtype: str = "bfloat16"
+    lora_ranks: list[int] = field(default_factory=lambda: [16, 16])
+    devices: int = 1
+    sharded: bool = False
+    """FSDP2: base, LoRA and optimizer states sharded over ``devices``; else each device holds all (DDP)."""
+    games: int = 8
+    """Games per batch over all devices (batch size x GRPO group size)."""
+    prompt_tokens: int | None = None
+    """Tokens of the longest turn prompt: chat template + instruction + seed, and for the defender the attacker's
+    turn. None: 256 + ``new_tokens_attacker``."""
+    new_tokens_attacker: int = 96
+    new_tokens_defender: int = 96
+    micro_batch_size: int = 8
+    activation_checkpointing: bool = False
+    judge_params: float = 0.0
+    """Parameters of a judge model on the same device (0: heuristic or remote judge)."""
+    judge_dtype_bytes: int = 2
+    judge_tokens: int = 1024
+    """Prompt + verdict tokens of one judge query (KV cache while the judge runs)."""
+    device_memory_gib: float | None = None
+    runtime_gib: float = 1.0
+    """Framework memory: ~1 GiB of CUDA context and allocator slack on a GPU."""
+    headroom: float = 0.9
+    """Share of the device memory a plan may use (fragmentation, spikes)."""
+
+
+@dataclass
+class MemoryPlan:
+    inputs: PlanInputs
+    persistent: dict[str, float]
+    phases: dict[str, dict[str, float]]
+    """phase -> item -> bytes."""
+
+    @property
+    def persistent_bytes(self) -> float:
+        return sum(self.persistent.values())
+
+    def phase_bytes(self, phase: str) -> float:
+        return sum(self.phases[phase].values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phase_bytes)
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.persistent_bytes + self.phase_bytes(self.peak_phase) + self.inputs.runtime_gib * GIB
+
+    @property
+    def fits(self) -> bool | None:
+        if self.inputs.device_memory_gib is None:
+            return None
+        return self.peak_bytes <= self.inputs.device_memory_gib * GIB * self.inputs.headroom
+
+    def advice(self) -> list[str]:
+        """What to change when the plan does not fit, largest lever first."""
+        if self.fits is not False:
+            return []
+        p, out = self.inputs, []
+        phase = self.peak_phase
+        if phase == "update":
+            if not p.activation_checkpointing:
+                out.append("activation checkpointing (not yet a training option; --activation-checkpointing shows "
+                           "its effect)")
+            if p.micro_batch_size > 1:
+                out.append(f"lower model.algorithm.micro_batch_size (now {p.micro_batch_size})")
+        if phase in ("rollouts", "judge"):
+            out.append("fewer games per device: more devices, or a smaller data.batch_size; or shorter "
+                       "model.game.max_new_tokens_*")
+        if self.persistent.get("judge", 0) > 0:
+            out.append("move the judge off the training devices (abspo.judges.RemoteJudge on a serving engine)")
+        if not p.sharded and self.persistent["base"] > 0.25 * p.device_memory_gib * GIB:
+            out.append("shard the base with FSDP2 (configs/qwen2.5-14b-fsdp.yaml)")
+        out.append("or use devices with more memory")
+        return out
+
+    def table(self) -> str:
+        p = self.inputs
+        gib = lambda b: f"{b / GIB:8.2f}"  # noqa: E731
+        mode = f"FSDP2 over {p.devices}" if p.sharded else (f"DDP x{p.devices}" if p.devices > 1 else "1 device")
+        lines = [f"per-device memory, {mode}, base {p.base_dtype}, {math.ceil(p.games / p.devices)} games per device, "
+                 f"micro-batch {p.micro_batch_size}" + (", activation checkpointing" if p.activation_checkpointing else ""),
+                 "", f"{'':34}{'GiB':>8}", "persistent"]
+        lines += [f"  {k:32}{gib(v)}" for k, v in self.persistent.items()]
+        for phase, items in self.phases.items():
+            lines.append(f"{phase}{' (peak)' if phase == self.peak_phase else ''}")
+            lines += [f"  {k:32}{gib(v)}" for k, v in items.items()]
+        lines.append(f"runtime{'':27}{gib(p.runtime_gib * GIB)}")
+        lines.append(f"{'peak':34}{gib(self.peak_bytes)}")
+        if p.device_memory_gib is not None:
+            budget = p.device_memory_gib * p.headroom
+            lines.append(f"{'budget':34}{budget:8.2f}  ({p.headroom:.0%} of {p.device_memory_gib:g} GiB): "
+                         + ("fits" if self.fits else "DOES NOT FIT"))
+            lines += [f"  - {a}" for a in self.advice()]
+        return "\n".join(lines)
+
+
+def plan_memory(p: PlanInputs) -> MemoryPlan:
+    """The per-device memory of one self-play step (module docstring)."""
+    a, b = p.arch, DTYPE_BYTES[p.base_dtype]
+    shard = p.devices if p.sharded else 1
+    lora = sum(a.lora_params(r) for r in p.lora_ranks)
+    persistent = {
+        "base": a.base_params() * b / shard,
+        "LoRA weights (fp32)": lora * 4 / shard,
+        "LoRA grads (fp32)": lora * 4 / shard,
+        "AdamW moments (fp32)": lora * 8 / shard,
+        "judge": p.judge_params * p.judge_dtype_bytes,
+    }
+    games = math.ceil(p.games / p.devices)
+    prompt = p.prompt_tokens if p.prompt_tokens is not None else 256 + p.new_tokens_attacker
+    longest = prompt + max(p.new_tokens_attacker, p.new_tokens_defender)
+    kv = 2 * a.layers * a.kv_dim * b
+    rollouts = {
+        "KV cache": kv * longest * games,
+        "sampling buffers": games * a.vocab * (4 * 3 + 8 * 2),  # fp32 logits/tempered/perturbed, fp64 noise
+    }
+    if p.sharded:
+        rollouts["gathered base (generation)"] = a.base_params() * b * (1 - 1 / shard)
+    tokens = p.micro_batch_size * longest
+    per_layer = activation_bytes_per_token_layer(a, b)
+    if p.activation_checkpointing:
+        activations = tokens * (a.layers * a.hidden * b + per_layer)
+    else:
+        activations = tokens * a.layers * per_layer
+    completion = p.micro_batch_size * max(p.new_tokens_attacker, p.new_tokens_defender)
+    update = {
+        "activations": activations,
+        "completion logits (fp32)": completion * a.vocab * 4 * 3,
+    }
+    if p.sharded:
+        update["gathered layers (2)"] = 2 * a.layer_params() * b
+    phases = {"rollouts": rollouts, "update": update}
+    if p.judge_params:  # the KV cache of the judge's queries, Mistral-7B/Llama-3-8B shapes (32 layers, 8 x 128 KV)
+        phases["judge"] = {"judge KV cache": games * p.judge_tokens * 2 * 32 * 1024 * p.judge_dtype_bytes}
+    return MemoryPlan(p, persistent, phases)
+
+
+# -- from a training config ------------------------------------------------------------------------------------
+
+
+def architecture(name_or_path: str) -> Architecture:
+    """The shapes of a base: the built-in Qwen2.5 table and tiny-qwen2 without any file, SmolLM2 from the
+    packaged config, anything else from its config.json (local folder or Hugging Face cache)."""
+    from transformers import AutoConfig
+
+    from abspo.models import QWEN25_ARCHITECTURES, TINY_QWEN2, smollm2_folder
+
+    if name_or_path in QWEN25_ARCHITECTURES:
+        return Architecture.from_hf_config(AutoConfig.for_model("qwen2", **QWEN25_ARCHITECTURES[name_or_path]))
+    if name_or_path == "tiny-qwen2":
+        return Architecture.from_hf_config(AutoConfig.for_model("qwen2", vocab_size=49152, **TINY_QWEN2))
+    source = smollm2_folder() if name_or_path == "smollm2-135m-instruct" else name_or_path
+    return Architecture.from_hf_config(AutoConfig.from_pretrained(source))
+
+
+def _merged(paths: list[str]) -> dict:
+    import yaml
+
+    from abspo.errors import ConfigError
+
+    def merge(into: dict, new: dict) -> dict:
+        for k, v in new.items():
+            into[k] = merge(dict(into.get(k) or {}), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+        return into
+
+    out: dict = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                merge(out, yaml.safe_load(fh) or {})
+        except OSError as err:
+            raise ConfigError("--config", f"cannot read {path} ({err.strerror})", "pass a training config file") from None
+    return out
+
+
+def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
+    """PlanInputs of the run ``abspo fit --config paths...`` would start, with ``overrides`` (devices, ...)."""
+    from abspo.config import AlgorithmConfig
+    from abspo.game import GameConfig
+    from abspo.models import BaseModel
+
+    cfg = _merged(paths)
+    trainer, model, data = cfg.get("trainer") or {}, cfg.get("model") or {}, cfg.get("data") or {}
+    base = {**BaseModel().__dict__, **(model.get("base") or {})}
+    adapters = ((model.get("bank") or {}).get("adapters")) or {"attacker": {}, "defender": {}}
+    game = {**GameConfig().__dict__, **(model.get("game") or {})}
+    algorithm = {**AlgorithmConfig().__dict__, **(model.get("algorithm") or {})}
+    strategy = trainer.get("strategy") or "auto"
+    strategy = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
+    devices = trainer.get("devices", 1)
+    devices = int(devices) if str(devices).isdigit() else 1
+    judge = model.get("judge") or {}
+    judge_name = str(judge.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(judge, dict) else ""
+    values = dict(
+        arch=architecture(base["name_or_path"]),
+        base_dtype=base["dtype"],
+        lora_ranks=[int((spec or {}).get("r", 16)) for spec in adapters.values()],
+        devices=devices * int(trainer.get("num_nodes", 1) or 1),
+        sharded="ModelParallel" in strategy or "fsdp" in strategy.lower(),
+        games=int(data.get("batch_size", 8)) * int(algorithm["group_size"]),
+        new_tokens_attacker=int(game["max_new_tokens_attacker"]),
+        new_tokens_defender=int(game["max_new_tokens_defender"]),
+        micro_batch_size=int(algorithm["micro_batch_size"]),
+        judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
+    )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PlanInputs(**values)
+
+
+def plan_main(argv: list[str]) -> None:
+    """``abspo plan``: the memory plan of a training config (see the module docstring)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="abspo plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", required=True, help="training config(s), stacked as for fit")
+    parser.add_argument("--devices", type=int, help="total devices (default: trainer.devices x trainer.num_nodes)")
+    parser.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=None,
+                        help="FSDP2 sharding (default: from trainer.strategy)")
+    parser.add_argument("--device-memory-gib", type=float, help="memory of one device, e.g. 80 for an H100")
+    parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--activation-checkpointing", action="store_true", default=None)
+    parser.add_argument("--prompt-tokens", type=int,
+                        help="tokens of the longest turn prompt (default 256 + the attacker's max_new_tokens)")
+    parser.add_argument("--runtime-gib", type=float, help="framework memory (default 1.0)")
+    args = parser.parse_args(argv)
+    plan = plan_memory(inputs_from_config(
+        args.config, devices=args.devices, sharded=args.sharded, device_memory_gib=args.device_memory_gib,
+        micro_batch_size=args.micro_batch_size, activation_checkpointing=args.activation_checkpointing,
+        prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib))
+    a = plan.inputs.arch
+    print(f"{' + '.join(args.config)}: {a.base_params() / 1e9:.2f}B base parameters, "
+          f"{sum(a.lora_params(r) for r in plan.inputs.lora_ranks) / 1e6:.1f}M LoRA parameters")
+    print(plan.table())

@@ -1,0 +1,57 @@
+"""``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` with checkpoints that hold the adapters only.
+
+Select it with ``trainer.strategy: {class_path: abspo.strategies.FSDP2Strategy}`` (``configs/tiny-fsdp2.yaml``);
+``SelfPlayModule.configure_model`` then shards the base and the adapters with FSDP2 (:mod:`abspo.sharding`).
+
+Why a subclass: ``ModelParallelStrategy`` saves and loads the *whole* module state. Saving, it copies every
+process's base shard to host memory at every checkpoint (gigabytes a save at 14B, for weights that never
+change); loading, it asks the checkpoint for every base tensor and fails, since abspo checkpoints hold none.
+Here the checkpoint is a ``torch.distributed.checkpoint`` folder of the adapter shards and the optimizer
+states (each process writes its own shards, nothing is gathered), plus Lightning's loop state in ``meta.pt``,
+and resuming loads exactly those into the sharded parameters and optimizers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from abspo.bank import AdapterBank
+
+META = "meta.pt"
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 (``fully_shard``) for self-play: adapter-only sharded checkpoints. Takes ModelParallelStrategy's
+    arguments; the defaults shard over every process."""
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.lightning_module.state_dict().items() if AdapterBank._adapter_of(k) is not None}
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        # The sharded adapter tensors themselves (DTensors): each process writes its shards, no copy, no gather.
+        return self._adapter_state()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import load as dcp_load
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        path = Path(self.broadcast(checkpoint_path))
+        adapters = self._adapter_state()  # views of the parameters: loaded in place
+        optimizers = {f"optimizer_{i}": get_optimizer_state_dict(self.model, opt) for i, opt in enumerate(self.optimizers)}
+        dcp_load({"state_dict": adapters, **optimizers}, storage_reader=FileSystemReader(str(path)))
+        for i, opt in enumerate(self.optimizers):
+            set_optimizer_state_dict(self.model, opt, optim_state_dict=optimizers[f"optimizer_{i}"])
+        checkpoint = torch.load(path / META, map_location="cpu", weights_only=True if weights_only is None else weights_only)
+        checkpoint.pop("optimizer_states", None)  # loaded above; Lightning must not load them again
+        return checkpoint
+
+    def load_optimizer_state_dict(self, checkpoint) -> None:
+        pass  # done in load_checkpoint
+
+    def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
+        pass  # done in load_checkpoint
