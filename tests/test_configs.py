@@ -37,9 +37,12 @@ def test_config_parses(config, capsys):
 
 
 @pytest.mark.parametrize("config, hub_id", [("configs/qwen2.5-3b.yaml", "Qwen/Qwen2.5-3B-Instruct"),
-                                            ("configs/qwen2.5-7b.yaml", "Qwen/Qwen2.5-7B-Instruct")])
+                                            ("configs/qwen2.5-7b.yaml", "Qwen/Qwen2.5-7B-Instruct"),
+                                            ("configs/qwen2.5-7b-ddp.yaml", "Qwen/Qwen2.5-7B-Instruct"),
+                                            ("configs/qwen2.5-14b-fsdp.yaml", "Qwen/Qwen2.5-14B-Instruct")])
 def test_paper_scale_config_instantiates_on_meta(config, hub_id):
-    cli = cli_main(["--config", config, "--model.meta_device", "true", "--trainer.accelerator", "cpu"], run=False)
+    cli = cli_main(["--config", config, "--model.meta_device", "true", "--trainer.accelerator", "cpu",
+                    "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
     module = cli.model
     arch = QWEN25_ARCHITECTURES[hub_id]
     expected = lora_params_per_layer(arch, r=32) * arch["num_hidden_layers"]

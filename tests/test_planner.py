@@ -64,7 +64,7 @@ def test_checkpointing_shrinks_activations_and_a_plan_that_does_not_fit_says_wha
 
 def test_inputs_follow_the_training_config():
     p = inputs_from_config(["configs/qwen2.5-7b.yaml"])
-    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size) == ("bfloat16", [32, 32], 128, 8)
+    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size) == ("bfloat16", [32, 32], 128, 4)
     assert p.new_tokens_attacker == 512 and p.judge_params > 7e9 and not p.sharded
     assert inputs_from_config(["configs/tiny-ddp.yaml"]).devices == 2
     assert inputs_from_config(["configs/tiny.yaml"], devices=3).devices == 3
@@ -80,3 +80,12 @@ def test_plan_command_names_a_missing_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["plan", "--config", "configs/nope.yaml"])
     assert exit_info.value.code == 2 and "configs/nope.yaml" in capsys.readouterr().err
+
+
+def test_plan_of_the_14b_fsdp_config_shards_the_base_and_fits_80_gib(capsys):
+    main(["plan", "--config", "configs/qwen2.5-14b-fsdp.yaml", "--device-memory-gib", "80"])
+    out = capsys.readouterr().out
+    print(out)  # the figure, in the test log
+    assert "14.77B base parameters" in out and "FSDP2 over 8" in out and ": fits" in out
+    plan = plan_memory(inputs_from_config(["configs/qwen2.5-14b-fsdp.yaml"], device_memory_gib=80))
+    assert plan.persistent["base"] == pytest.approx(architecture("Qwen/Qwen2.5-14B-Instruct").base_params() * 2 / 8)

@@ -47,7 +47,7 @@ from abspo.judges.base import Judge
 from abspo.models import BaseModel, load_base, meta_model
 from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
-from abspo.sharding import full_tensor, shard_bank
+from abspo.sharding import full_tensor, gathered, shard_bank
 from abspo.step_logging import log_batch_metrics
 
 CHECKPOINT_FORMAT = 1
@@ -272,7 +272,7 @@ class SelfPlayModule(L.LightningModule):
         keys = [sampling_key(batch_index, g, role) for g in games]
         if not prompts and not self._sharded:
             return Generation([], [], [])
-        with self.bank.role(role) as model:
+        with self.bank.role(role) as model, gathered(self.bank):
             gen = generate(model, self.tokenizer, prompts or ["."], new_tokens, self.game.temperature,
                            self.game.top_p, synced_gpus=self._sharded, keys=keys or [0])
         if not prompts:

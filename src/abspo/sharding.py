@@ -13,10 +13,14 @@ directly, but it needs ``ReduceOp.PREMUL_SUM``, which gloo lacks.)
 FSDP2 runs collectives inside every forward and backward, so every process must run the same number of them:
 the module pads its loops with throw-away work (a one-token forward, a zero-weighted backward) where its share
 of the games is smaller, and generation runs with ``synced_gpus`` (a process whose turns ended keeps stepping
-until all have).
+until all have). During generation the whole model is gathered once (:func:`gathered`) rather than layer by
+layer for every decoded token; ``abspo plan`` counts that memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -45,3 +49,26 @@ def shard_bank(bank, world_size: int, device_type: str) -> None:
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded (DTensor) parameter or gradient: a collective, call it on every process."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+@contextmanager
+def gathered(bank) -> Iterator[None]:
+    """Keep every FSDP2 module of ``bank`` unsharded for the duration (generation): one all-gather per layer
+    instead of one per layer *and token*, at the cost of the full base in memory meanwhile. A no-op unsharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    root = bank.model.get_base_model()
+    if not isinstance(root, FSDPModule):
+        yield
+        return
+    modules = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    root.set_reshard_after_forward(False)
+    for m in modules:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+        for m in modules:  # FSDP2's defaults: the root keeps its (small) parameters, the layers reshard
+            m.set_reshard_after_forward(m is not root, recurse=False)
