@@ -261,3 +261,26 @@ def test_phases_must_hold_whole_accumulation_cycles(judge):
 
     with pytest.raises(ConfigError, match="phase_steps"):
         make(judge, schedule=ScheduleConfig(mode="phases", phase_steps=3), algorithm=AlgorithmConfig(accumulate_batches=2))
+
+
+def test_activation_checkpointing_recomputes_layers_and_leaves_the_update_unchanged(judge, seeds):
+    """The same games through a checkpointed and a plain module: equal adapters after the update, while the
+    checkpointed one ran its attention blocks again in backward (the recomputation that saves the memory)."""
+    torch.manual_seed(0)
+    plain = make(judge)
+    torch.manual_seed(0)
+    ckpt = make(judge, algorithm=AlgorithmConfig(activation_checkpointing=True))
+    games = plain.play(seeds.batch(0).seeds)
+    calls = {"plain": 0, "ckpt": 0}
+    for name, module in (("plain", plain), ("ckpt", ckpt)):
+        attention = module.bank.model.get_base_model().model.layers[0].self_attn
+
+        def count(*_, name=name):
+            calls[name] += 1
+
+        attention.register_forward_hook(count)
+        module.learn(games, 0)
+    assert calls["ckpt"] > calls["plain"], "no recomputation: checkpointing did not act"
+    a, b = plain.bank.adapter_state_dict(), ckpt.bank.adapter_state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert not ckpt.bank.model.get_base_model().model.layers[0].self_attn.training, "sub-modules stay in eval mode"

@@ -166,14 +166,29 @@ class AdapterBank(nn.Module):
         finally:
             self._route(*previous)
 
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each decoder layer in backward instead of keeping its activations (Hugging Face's
+        non-reentrant checkpointing, which keeps FSDP2's hooks outside the recomputed part). Acts in
+        :meth:`update_mode` only."""
+        base = self.model.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._checkpointed = [m for m in self.model.modules() if getattr(m, "gradient_checkpointing", False)]
+
     @contextmanager
     def update_mode(self) -> Iterator[None]:
         """Gradient passes: the base stays in eval mode (no base dropout: the anchor and the sampled policy are
-        deterministic, so the PPO ratio compares like with like); only LoRA's own dropout, if set, acts."""
+        deterministic, so the PPO ratio compares like with like); only LoRA's own dropout, if set, acts. With
+        activation checkpointing, the decoder layers alone are flagged as training (Hugging Face checkpoints a
+        layer only then); their sub-modules stay in eval mode."""
         self.model.eval()
         for name, module in self.model.named_modules():
             if name.rsplit(".", 2)[-2:-1] == ["lora_dropout"]:
                 module.train()
+        for layer in getattr(self, "_checkpointed", ()):
+            layer.training = True
         try:
             yield
         finally:

@@ -142,6 +142,8 @@ class SelfPlayModule(L.LightningModule):
         else:
             base_model, self.tokenizer = load_base(self.base_cfg)
         self.bank = AdapterBank(base_model, self.bank_spec)
+        if self.algorithm.activation_checkpointing:
+            self.bank.enable_activation_checkpointing()
         self.adapters = list(self.bank_spec.adapters)
         self._judge = judge
         self.strict_loading = False  # checkpoints hold adapters only; on_load_checkpoint checks they are all there

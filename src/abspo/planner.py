@@ -166,8 +166,7 @@ class MemoryPlan:
         phase = self.peak_phase
         if phase == "update":
             if not p.activation_checkpointing:
-                out.append("activation checkpointing (not yet a training option; --activation-checkpointing shows "
-                           "its effect)")
+                out.append("turn on activation checkpointing (model.algorithm.activation_checkpointing: true)")
             if p.micro_batch_size > 1:
                 out.append(f"lower model.algorithm.micro_batch_size (now {p.micro_batch_size})")
         if phase in ("rollouts", "judge"):
@@ -308,6 +307,7 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         new_tokens_attacker=int(game["max_new_tokens_attacker"]),
         new_tokens_defender=int(game["max_new_tokens_defender"]),
         micro_batch_size=int(algorithm["micro_batch_size"]),
+        activation_checkpointing=bool(algorithm["activation_checkpointing"]),
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
