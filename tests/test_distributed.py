@@ -23,7 +23,9 @@ from safetensors.torch import load_file
 
 from abspo.cli import cli_main
 from abspo.distributed import Collective
+from abspo.models import load_base
 from tests import distributed_worker as worker
+from tests.conftest import TINY
 
 ATOL = 1e-4
 ABSPO = str(Path(sys.executable).parent / "abspo")
@@ -100,10 +102,24 @@ def one_process_run(tmp_path_factory):
     return exported(root, "run")
 
 
-def test_fsdp2_run_saved_and_resumed_equals_one_process_on_the_global_batch(tmp_path, one_process_run):
-    """Sharded, with a stop and a resume half-way: the adapters of an uninterrupted 1-process run."""
-    fit("--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
-        "--trainer.max_steps", "2")
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The tiny model saved as a Hugging Face folder (safetensors): a base that can be loaded shard by shard."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model, tokenizer = load_base(TINY)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_path, tiny_folder):
+    """Sharded, the base built on the meta device and filled shard by shard from its safetensors file, with a
+    stop and a resume half-way: the adapters of an uninterrupted 1-process run on the same base."""
+    base = ["--model.base.name_or_path", str(tiny_folder)]
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "one", *base])
+    sharded = ["--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run", *base,
+               "--model.base.init_on_meta", "true"]
+    fit(*sharded, "--trainer.max_steps", "2")
     folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert folder.is_dir(), "a sharded checkpoint is a torch.distributed.checkpoint folder"
     from torch.distributed.checkpoint import FileSystemReader
@@ -111,18 +127,5 @@ def test_fsdp2_run_saved_and_resumed_equals_one_process_on_the_global_batch(tmp_
     saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     tensors = [k for k in saved if k.startswith("state_dict.")]
     assert tensors and all(".lora_" in k for k in tensors), "adapter shards only, never the base"
-    fit("--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
-        "--ckpt_path", "last")
-    assert_adapters_close(exported(tmp_path, "run"), one_process_run)
-
-
-def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, one_process_run):
-    """2 batches: the first on 2 DDP processes, then a resume on 1 process (the games do not depend on the
-    process count): the adapters of an uninterrupted 1-process run."""
-    fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
-        "--trainer.max_steps", "2")
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 2 and all(".lora_" in k for k in ckpt["state_dict"]), "adapters only"
-    fit("--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
-        "--ckpt_path", "last")
-    assert_adapters_close(exported(tmp_path, "run"), one_process_run)
+    fit(*sharded, "--ckpt_path", "last")
+    assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))

@@ -37,7 +37,6 @@ def make(algorithm: AlgorithmConfig | None = None, shared: bool = False, lr: flo
     else:
         bank = BankSpec(adapters={r: LoraSpec(r=8, alpha=16) for r in ("attacker", "defender")})
         optimizers = {r: OptimizerConfig(lr=lr) for r in ("attacker", "defender")}
-    torch.manual_seed(0)  # LoRA A is drawn from the global generator: the same adapters whatever ran before
     module = SelfPlayModule(base=TINY, bank=bank, optimizers=optimizers, game=GameConfig(temperature=temperature),
                             algorithm=algorithm or AlgorithmConfig())
     with torch.no_grad():
@@ -94,7 +93,7 @@ def bandit_round(module: SelfPlayModule, roles: list[str], target: int, index: i
     return module.learn(exchanges, index)
 
 
-def train(module: SelfPlayModule, roles: list[str], rounds: int = 4, sign: float = 1.0) -> tuple[int, dict, list]:
+def train(module: SelfPlayModule, roles: list[str], rounds: int = 5, sign: float = 1.0) -> tuple[int, dict, list]:
     target = target_token(module)
     before = {r: p_target(module, r, target) for r in ("attacker", "defender")}
     stats = [bandit_round(module, roles, target, i, sign) for i in range(rounds)]
@@ -153,7 +152,7 @@ def test_kl_anchor_pulls_a_role_back_when_the_reward_is_flat(kl_mode):
     assert p["defender"][1] > p["defender"][0] + 0.05
     module.algorithm.kl_coef = 1.0
     kls = [first_token_kl(module, "defender")]
-    for i in range(6):
+    for i in range(8):
         bandit_round(module, ["defender"], target, 10 + i, sign=0.0)
         kls.append(first_token_kl(module, "defender"))
     assert kls[-1] < 0.5 * kls[0], f"KL to the anchor under a flat reward: {[round(k, 4) for k in kls]}"

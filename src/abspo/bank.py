@@ -17,8 +17,10 @@ while adapters start at zero, i.e. LoRA B = 0, which is how they are created her
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -103,6 +105,10 @@ class AdapterBank(nn.Module):
         for name in names[1:]:
             model.add_adapter(name, spec.adapters[name].peft_config())
         self.model: PeftModel = model
+        if not any(p.is_meta for p in model.parameters()):
+            with torch.no_grad():
+                for pname, param in self.adapter_state_dict().items():
+                    param.copy_(lora_initial_value(pname, tuple(param.shape)))
         self._layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         # Pin grads once: every adapter weight trains, every base weight is frozen. Nothing below flips them.
         for pname, param in model.named_parameters():
@@ -267,6 +273,17 @@ class AdapterBank(nn.Module):
                 raise ConfigError(f"model.bank.adapters.{adapter}.target_modules",
                                   f"the base model has no module named {missing}",
                                   f"use names from {linear}, or 'all-linear'")
+
+
+def lora_initial_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The initial value of LoRA tensor ``name``: PEFT's default (A: Kaiming-uniform with a = sqrt(5); B: zeros,
+    so every adapter starts equal to the anchor), drawn from a generator keyed by the tensor's name. An adapter
+    then starts the same whatever the torch RNG state, on every process, and when a sharded base is built on the
+    meta device and each process fills in its own shards."""
+    if ".lora_B." in name:
+        return torch.zeros(shape)
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    return nn.init.kaiming_uniform_(torch.empty(shape), a=math.sqrt(5), generator=generator)
 
 
 def saved_adapter_shapes(folder: Path, key: str) -> dict[str, tuple[int, ...]]:

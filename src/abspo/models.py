@@ -84,6 +84,10 @@ class BaseModel:
     """e.g. sdpa, eager, flash_attention_2; None lets transformers choose."""
     seed: int = 0
     """Seed for randomly initialised built-ins (tiny-qwen2)."""
+    init_on_meta: bool = False
+    """Build the base on the meta device (no memory) and let FSDP2 load each process's shards from the
+    safetensors files, one tensor at a time, after sharding: no process ever holds the whole base
+    (abspo.strategies.FSDP2Strategy only; a local model folder or a hub id in the cache)."""
 
 
 def cache_root() -> Path:
@@ -216,3 +220,41 @@ def meta_model(name: str) -> PreTrainedModel:
 
 
 BUILTIN = {"smollm2-135m-instruct", "tiny-qwen2"}
+
+
+def weight_folder(cfg: BaseModel) -> Path:
+    """The folder with ``cfg``'s config.json and safetensors weights: a built-in's, a local folder, or a hub id's
+    snapshot in the Hugging Face cache (never downloaded here)."""
+    if cfg.name_or_path == "smollm2-135m-instruct":
+        return smollm2_folder()
+    if cfg.name_or_path == "tiny-qwen2":
+        raise ConfigError("model.base.init_on_meta", "tiny-qwen2 is initialised at random: it has no weight files to "
+                          "load shard by shard", "set model.base.init_on_meta: false")
+    source = _checked_path_or_id(cfg.name_or_path)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=cfg.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or not a hub id): say how to get it
+        raise ConfigError("model.base.name_or_path", f"{source!r} is not in the Hugging Face cache",
+                          "download it once (huggingface-cli download), or point at a local model folder") from None
+
+
+def empty_base(cfg: BaseModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``cfg``'s base on the meta device (shapes only, frozen) and its tokenizer: for FSDP2 loading by shards."""
+    if cfg.dtype not in DTYPES:
+        raise ConfigError("model.base.dtype", f"unknown dtype {cfg.dtype!r}", f"use one of {sorted(DTYPES)}")
+    folder = weight_folder(cfg)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype],
+                                                 trust_remote_code=cfg.trust_remote_code, **kwargs)
+    model.requires_grad_(False)
+    model.eval()
+    tokenizer = load_tokenizer(cfg)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -44,10 +44,10 @@ from abspo.distributed import Collective
 from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
                         read_attacker_turn, read_defender_turn)
 from abspo.judges.base import Judge
-from abspo.models import BaseModel, load_base, meta_model
+from abspo.models import BaseModel, empty_base, load_base, meta_model, weight_folder
 from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
-from abspo.sharding import full_tensor, gathered, shard_bank
+from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
 from abspo.step_logging import log_batch_metrics
 
 CHECKPOINT_FORMAT = 1
@@ -139,6 +139,8 @@ class SelfPlayModule(L.LightningModule):
                                   "put {seed} where the seed request should appear")
         if meta_device:
             base_model, self.tokenizer = meta_model(self.base_cfg.name_or_path), None
+        elif self.base_cfg.init_on_meta:
+            base_model, self.tokenizer = empty_base(self.base_cfg)  # FSDP2 loads the shards (configure_model)
         else:
             base_model, self.tokenizer = load_base(self.base_cfg)
         self.bank = AdapterBank(base_model, self.bank_spec)
@@ -176,6 +178,9 @@ class SelfPlayModule(L.LightningModule):
                               "not supported by abspo's self-play loop (role forwards bypass a strategy's wrapper; "
                               "abspo synchronises the adapters itself under DDP and shards them under FSDP2)",
                               "use trainer.strategy: ddp, or abspo.strategies.FSDP2Strategy (docs/strategies.md)")
+        if self.base_cfg.init_on_meta and not isinstance(strategy, FSDP2Strategy):
+            raise ConfigError("model.base.init_on_meta", "only FSDP2 loads a base built on the meta device (each "
+                              "process its own shards)", "set init_on_meta: false, or use abspo.strategies.FSDP2Strategy")
         if isinstance(strategy, FSDP2Strategy) and self.algorithm.accumulate_batches > 1:
             raise ConfigError("model.algorithm.accumulate_batches", "gradient accumulation across batches is not "
                               "supported under FSDP2 yet (a checkpoint could not hold the sharded pending gradients)",
@@ -188,6 +193,8 @@ class SelfPlayModule(L.LightningModule):
         if self._sharded or self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
             return
         shard_bank(self.bank, self.trainer.world_size, self.trainer.strategy.root_device.type)
+        if self.base_cfg.init_on_meta:
+            load_shards(self.bank, weight_folder(self.base_cfg))
         self._sharded = True
 
     @property

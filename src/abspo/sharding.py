@@ -46,6 +46,64 @@ def shard_bank(bank, world_size: int, device_type: str) -> None:
     fully_shard(root, mesh=mesh)
 
 
+def load_shards(bank, folder) -> None:
+    """Fill a sharded bank built on the meta device: allocate each process's shards, then copy into them the
+    base weights from ``folder``'s safetensors files, one tensor at a time (read from a memory map, cut to this
+    process's shard), and each LoRA tensor's initial value. No process ever holds more than one whole tensor.
+    Non-persistent buffers (rotary frequencies) are rebuilt from the model's config."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from abspo.bank import AdapterBank, lora_initial_value
+
+    model = bank.model
+    root = model.get_base_model()
+    device = next(p.device_mesh.device_type for p in model.parameters() if isinstance(p, DTensor))
+    model.to_empty(device=device)
+    _rebuild_buffers(root)
+    params = dict(model.named_parameters())
+    prefix = "base_model.model."
+    by_file_name = {n[len(prefix):].replace(".base_layer.", "."): n for n in params
+                    if AdapterBank._adapter_of(n) is None}
+
+    def put(name: str, full: torch.Tensor) -> None:
+        param = params[name]
+        full = full.to(param.dtype)
+        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local() \
+            if isinstance(param, DTensor) else full
+        with torch.no_grad():
+            (param.to_local() if isinstance(param, DTensor) else param).copy_(local)
+
+    loaded = set()
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt", device="cpu") as fh:
+            for key in fh.keys():
+                if key in by_file_name:
+                    put(by_file_name[key], fh.get_tensor(key))
+                    loaded.add(by_file_name[key])
+    missing = sorted(set(by_file_name.values()) - loaded)
+    if missing:
+        raise ValueError(f"{folder} lacks {len(missing)} base weights (e.g. {missing[0]})")
+    for name in params:
+        if AdapterBank._adapter_of(name) is not None:
+            put(name, lora_initial_value(name, tuple(params[name].shape)))
+
+
+def _rebuild_buffers(root: nn.Module) -> None:
+    for module in root.modules():
+        buffers = dict(module.named_buffers(recurse=False))
+        if not buffers:
+            continue
+        if not hasattr(module, "config"):
+            raise ValueError(f"cannot rebuild the buffers {sorted(buffers)} of {type(module).__name__} after a meta "
+                             "initialisation")
+        fresh = type(module)(config=module.config)
+        for name, value in fresh.named_buffers(recurse=False):
+            getattr(module, name).copy_(value)
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded (DTensor) parameter or gradient: a collective, call it on every process."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
