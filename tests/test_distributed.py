@@ -129,3 +129,15 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     assert tensors and all(".lora_" in k for k in tensors), "adapter shards only, never the base"
     fit(*sharded, "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
+
+
+def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, one_process_run):
+    """2 batches: the first on 2 DDP processes, then a resume on 1 process (the games do not depend on the
+    process count): the adapters of an uninterrupted 1-process run."""
+    fit("--config", "configs/tiny-ddp.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--trainer.max_steps", "2")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and all(".lora_" in k for k in ckpt["state_dict"]), "adapters only"
+    fit("--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
+        "--ckpt_path", "last")
+    assert_adapters_close(exported(tmp_path, "run"), one_process_run)

@@ -3,17 +3,17 @@
     python tools/memory_plan.py                         # tiny and SmolLM2, 1 and 2 processes
     python tools/memory_plan.py --configs configs/tiny.yaml --processes 1
 
-For each (config, process count) it starts the process(es), loads the base and the adapters, plays and
-learns one warm-up batch (each process on its share of the seeds, as under DDP), then measures two figures:
+For each (config, process count) it starts the process(es), loads the base and the adapters, resets the
+kernel's peak-RSS mark (``/proc/self/clear_refs``: the loading peak, with the weights read twice, is not the
+run's), then plays and learns two batches (each process on its share of the seeds, as under DDP). *peak* is
+the highest RSS reached (``VmHWM``) minus the RSS before the base was loaded (the Python + torch runtime,
+which the planner leaves to ``--runtime-gib``); *loaded* is the same difference right after loading. *planned*
+is ``abspo plan``'s peak for the same config (runtime 0, the prompt length set to the longest prompt actually
+played); error = planned / peak - 1.
 
-- *persistent*: the RSS after the warm-up minus the RSS before the base was loaded (the Python + torch
-  runtime, which the planner leaves to ``--runtime-gib``), against the plan's persistent part (the LoRA
-  gradients excluded: they are freed after each optimizer step);
-- *step*: the peak RSS of a second batch (``VmHWM`` after resetting the mark with ``/proc/self/clear_refs``)
-  above the RSS it started from, against the plan's largest phase plus the LoRA gradients.
-
-The plan is ``abspo plan``'s for the same config, with the prompt length set to the longest prompt actually
-played. Each cell reads measured / planned MiB and the error (planned / measured - 1).
+The RSS is an upper bound of the live tensors: the C allocator keeps freed memory, the base's weight file
+stays memory-mapped, and the loaded process holds more than the model (tokenizer, judge, callbacks), which
+weighs most on the tiny model.
 
 On a CPU the RSS also holds allocator caches and the base's loading buffers, and the tiny model's figures are
 dominated by fixed costs: read the SmolLM2 rows for the planner's accuracy on real shapes.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import subprocess
@@ -63,13 +62,12 @@ def worker(config: str, out: str) -> None:
         module.learn(mine, index)
         return mine
 
-    batch(0)  # warm-up: lazy imports, kernels, the AdamW moments
-    gc.collect()
-    persistent = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # the peak-RSS mark starts again from the current RSS
+    Path("/proc/self/clear_refs").write_text("5")  # forget the loading peak (weights read twice, memory maps)
+    loaded = _status("VmRSS")
+    batch(0)  # the first batch also creates the AdamW moments
     mine = batch(1)
     prompts = [len(e.turns[r][0]) for e in mine for r in e.turns]
-    result = {"rank": collective.rank, "persistent": persistent - before_load, "phase": _status("VmHWM") - persistent,
+    result = {"rank": collective.rank, "loaded": loaded - before_load, "peak": _status("VmHWM") - before_load,
               "max_prompt": max(prompts, default=0)}
     everyone = collective.gather_objects([result])
     if collective.rank == 0:
@@ -98,20 +96,18 @@ def main() -> None:
         return
     from abspo.planner import inputs_from_config, plan_memory
 
-    print(f"{'config':<28}{'procs':>6}  {'persistent MiB (measured / planned, error)':<44}{'step MiB (measured / planned, error)'}")
+    print(f"{'config':<28}{'procs':>6}{'loaded MiB':>12}{'peak MiB':>10}{'planned MiB':>13}{'error':>8}")
     for config in args.configs:
         for n in args.processes:
             rows = measure(config, n, Path(f"/tmp/abspo-memory-{os.getpid()}.json"))
             prompt = max(r["max_prompt"] for r in rows)
             plan = plan_memory(inputs_from_config([config], devices=n, runtime_gib=0.0, prompt_tokens=prompt,
                                                   judge_params=0.0))
-            grads = plan.persistent["LoRA grads (fp32)"]  # set to None after each optimizer step: part of the step
-            cells = []
-            for measured, planned in ((max(r["persistent"] for r in rows), plan.persistent_bytes - grads),
-                                      (max(r["phase"] for r in rows), plan.phase_bytes(plan.peak_phase) + grads)):
-                cells.append(f"{measured / 2**20:8.0f} / {planned / 2**20:6.0f}, {planned / measured - 1:+5.0%}")
-            print(f"{config:<28}{n:>6}  {cells[0]:<44}{cells[1]}   (step peak: {plan.peak_phase}, "
-                  f"longest prompt {prompt} tokens)")
+            loaded, peak = (max(r[k] for r in rows) / 2**20 for k in ("loaded", "peak"))
+            planned = plan.peak_bytes / 2**20
+            print(f"{config:<28}{n:>6}{loaded:>12.0f}{peak:>10.0f}{planned:>13.0f}{planned / peak - 1:>+8.0%}"
+                  f"   (planned: {plan.persistent_bytes / 2**20:.0f} persistent + {plan.peak_phase} "
+                  f"{plan.phase_bytes(plan.peak_phase) / 2**20:.0f}; longest prompt {prompt} tokens)")
 
 if __name__ == "__main__":
     main()

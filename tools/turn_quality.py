@@ -7,7 +7,9 @@ Plays the game's turns with the untrained base (fresh adapters equal the anchor)
 row per setting: the attacker's format failure and forfeit rates, the defender's degenerate rate (empty, loop,
 gibberish, off-topic) with its kinds, and the judge's refusal and attack-success rates on harmful seeds. Each
 row names its counts; sampling is seeded identically for every setting. This is how the main job's attacker
-format and temperature were chosen (figures in docs/learning.md).
+format and temperature were chosen (figures in docs/learning.md). ``--defender-system-prompts`` compares
+defender system messages (whether a prompt makes refusals reachable for the defender's update to learn from),
+``--unrevised-fraction`` sends that share of the seeds to the defender as they are, as the main job does.
 """
 
 from __future__ import annotations

@@ -222,13 +222,14 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     }
     if p.sharded:
         rollouts["gathered base (generation)"] = a.base_params() * b * (1 - 1 / shard)
-    tokens = p.micro_batch_size * longest
+    rows = min(p.micro_batch_size, max(1, games))  # a micro-batch holds at most this device's games
+    tokens = rows * longest
     per_layer = activation_bytes_per_token_layer(a, b)
     if p.activation_checkpointing:
         activations = tokens * (a.layers * a.hidden * b + per_layer)
     else:
         activations = tokens * a.layers * per_layer
-    completion = p.micro_batch_size * max(p.new_tokens_attacker, p.new_tokens_defender)
+    completion = rows * max(p.new_tokens_attacker, p.new_tokens_defender)
     update = {
         "activations": activations,
         "completion logits (fp32)": completion * a.vocab * 4 * 3,
