@@ -17,6 +17,11 @@ The step, in order:
 ``max_steps: 40`` in alternate mode is 20 batches of games. (With ``accumulate_batches`` k, a role steps
 every k batches.)
 
+Several processes (``trainer.strategy: ddp``, or ``abspo.strategies.FSDP2Strategy`` for a sharded base): each
+process plays its share of the batch's seeds, every turn is sampled with a key of (run seed, batch, game, role)
+so a game does not depend on the process that plays it, and batch statistics and gradients are sums over the
+processes, so N processes compute what one does (:mod:`abspo.distributed`, :mod:`abspo.sharding`).
+
 Checkpoints hold the adapters, optimizer and scheduler states and loop state, never the frozen base: the
 base is re-loaded from ``model.base`` on resume, and the checkpoint records which base and adapter shapes
 it belongs to so a mismatched resume fails with a clear message.
