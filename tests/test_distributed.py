@@ -129,6 +129,15 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     assert tensors and all(".lora_" in k for k in tensors), "adapter shards only, never the base"
     fit(*sharded, "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
+    # One process reads the final sharded checkpoint whole (what `abspo test --ckpt_path last` evaluates): the
+    # adapters it holds are the ones the run exported.
+    from abspo.cli import _read_sharded_checkpoint
+
+    state = _read_sharded_checkpoint(folder)["state_dict"]
+    for key, value in exported(tmp_path, "run").items():
+        role, name = key.split("/", 1)
+        ckpt_key = "bank.model." + name.replace(".weight", f".{role}.weight")
+        assert torch.equal(state[ckpt_key], value), ckpt_key
 
 
 def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, one_process_run):

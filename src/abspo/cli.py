@@ -281,19 +281,25 @@ def _prepare_command_line() -> None:
 
 
 def _read_sharded_checkpoint(path: Path) -> dict:
-    """A sharded (FSDP2) checkpoint folder as Lightning's ModelParallelStrategy writes it: the loop state in
-    ``meta.pt``, the tensors in torch.distributed.checkpoint files. Returns the loop state with ``state_dict``
-    mapping the saved tensor names to None (enough to check the checkpoint; the strategy loads the tensors)."""
+    """A sharded (FSDP2) checkpoint folder as abspo's FSDP2Strategy writes it: the loop state in ``meta.pt``, the
+    adapter tensors in torch.distributed.checkpoint files. Returns the loop state with ``state_dict`` holding the
+    whole adapter tensors (LoRA-sized; read in this one process), so that it can be checked, and evaluated by
+    ``abspo test`` on one process; ``fit`` resumes it through the strategy, shard by shard."""
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import load as dcp_load
 
+    prefix = "state_dict."
     try:
         checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
-        names = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        reader = FileSystemReader(str(path))
+        saved = reader.read_metadata().state_dict_metadata
+        tensors = {k[len(prefix):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+                   for k, m in saved.items() if k.startswith(prefix) and hasattr(m, "size")}
+        dcp_load({"state_dict": tensors}, storage_reader=reader, no_dist=True)
     except Exception as err:  # noqa: BLE001 - any unreadable folder is a user-facing problem here
         raise ConfigError("--ckpt_path", f"{path} is not a readable sharded checkpoint folder ({type(err).__name__})",
                           "point it at a checkpoint written by abspo") from None
-    prefix = "state_dict."
-    checkpoint["state_dict"] = {k[len(prefix):]: None for k in names if k.startswith(prefix)}
+    checkpoint["state_dict"] = tensors
     return checkpoint
 
 
