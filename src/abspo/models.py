@@ -214,12 +214,25 @@ def meta_model(name: str) -> PreTrainedModel:
     if name not in QWEN25_ARCHITECTURES:
         raise ConfigError("model.base.name_or_path", f"no built-in architecture for {name!r}",
                           f"use one of {sorted(QWEN25_ARCHITECTURES)}")
-    config = AutoConfig.for_model("qwen2", **QWEN25_ARCHITECTURES[name])
+    config = architecture_config(name)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 
 
 BUILTIN = {"smollm2-135m-instruct", "tiny-qwen2"}
+
+
+def architecture_config(name_or_path: str):
+    """A base's config (its shapes) without its weights: the built-in Qwen2.5 table, tiny-qwen2 (SmolLM2's
+    tokenizer size, as :func:`load_base` builds it), SmolLM2's packaged config, or a folder's or hub id's
+    config.json."""
+    if name_or_path in QWEN25_ARCHITECTURES:
+        return AutoConfig.for_model("qwen2", **QWEN25_ARCHITECTURES[name_or_path])
+    if name_or_path == "tiny-qwen2":
+        vocab = len(load_tokenizer(BaseModel(name_or_path=name_or_path)))
+        return AutoConfig.for_model("qwen2", vocab_size=vocab, **TINY_QWEN2)
+    source = smollm2_folder() if name_or_path == "smollm2-135m-instruct" else _checked_path_or_id(name_or_path)
+    return AutoConfig.from_pretrained(source)
 
 
 def weight_folder(cfg: BaseModel) -> Path:

@@ -246,18 +246,11 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
 
 
 def architecture(name_or_path: str) -> Architecture:
-    """The shapes of a base: the built-in Qwen2.5 table and tiny-qwen2 without any file, SmolLM2 from the
+    """The shapes of a base: the built-in Qwen2.5 table and tiny-qwen2 without any weight file, SmolLM2 from the
     packaged config, anything else from its config.json (local folder or Hugging Face cache)."""
-    from transformers import AutoConfig
+    from abspo.models import architecture_config
 
-    from abspo.models import QWEN25_ARCHITECTURES, TINY_QWEN2, smollm2_folder
-
-    if name_or_path in QWEN25_ARCHITECTURES:
-        return Architecture.from_hf_config(AutoConfig.for_model("qwen2", **QWEN25_ARCHITECTURES[name_or_path]))
-    if name_or_path == "tiny-qwen2":
-        return Architecture.from_hf_config(AutoConfig.for_model("qwen2", vocab_size=49152, **TINY_QWEN2))
-    source = smollm2_folder() if name_or_path == "smollm2-135m-instruct" else name_or_path
-    return Architecture.from_hf_config(AutoConfig.from_pretrained(source))
+    return Architecture.from_hf_config(architecture_config(name_or_path))
 
 
 def _merged(paths: list[str]) -> dict:
