@@ -16,6 +16,24 @@ def tiny_base():
     return load_base(TINY)
 
 
+@pytest.fixture(scope="session")
+def judge():
+    """The offline HeuristicJudge (its MiniLM loaded once per session)."""
+    from abspo.judges import HeuristicJudge
+
+    return HeuristicJudge()
+
+
+@pytest.fixture(scope="session")
+def seeds():
+    """The default seed stream (the data kit's seeds, 8 per batch)."""
+    from abspo.data import SeedDataModule
+
+    data = SeedDataModule(batch_size=8)
+    data.setup()
+    return data.stream
+
+
 def tiny_bank(shared: bool = False, r: int = 4) -> tuple[AdapterBank, object]:
     base, tok = load_base(TINY)
     if shared:

@@ -29,18 +29,25 @@ SHARPEN = 13.0
 MAX_NEW = 3
 
 
-def make(algorithm: AlgorithmConfig | None = None, shared: bool = False, lr: float = 3e-3,
+def make(algorithm: AlgorithmConfig | None = None, mode: str = "bipolicy", lr: float = 3e-3,
          temperature: float = 1.0) -> SelfPlayModule:
-    if shared:
-        bank = BankSpec(adapters={"shared": LoraSpec(r=8, alpha=16)}, roles={"attacker": "shared", "defender": "shared"})
-        optimizers = {"shared": OptimizerConfig(lr=lr)}
-    else:
+    if mode == "bipolicy":
         bank = BankSpec(adapters={r: LoraSpec(r=8, alpha=16) for r in ("attacker", "defender")})
         optimizers = {r: OptimizerConfig(lr=lr) for r in ("attacker", "defender")}
+    else:
+        bank = BankSpec(adapters={"shared": LoraSpec(r=8, alpha=16)}, roles={"attacker": "shared", "defender": "shared"})
+        optimizers = {"shared": OptimizerConfig(lr=lr if mode == "shared_lora" else lr / 10)}
     module = SelfPlayModule(base=TINY, bank=bank, optimizers=optimizers, game=GameConfig(temperature=temperature),
-                            algorithm=algorithm or AlgorithmConfig())
+                            algorithm=algorithm or AlgorithmConfig(), mode=mode)
+    with module.bank.anchor() as anchor:
+        models = [module.bank.model, anchor]  # one model in the LoRA modes, the policy and its reference in full
+    norms = {}
+    for model in models:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        norms[id(base.model.norm.weight)] = base.model.norm.weight
     with torch.no_grad():
-        module.bank.model.get_base_model().model.norm.weight.mul_(SHARPEN)
+        for weight in norms.values():
+            weight.mul_(SHARPEN)
     return module
 
 
@@ -128,8 +135,9 @@ def test_a_penalised_token_becomes_less_likely():
     assert after < before * 0.8, f"P(target) {before:.4f} -> {after:.4f} under a penalty"
 
 
-def test_shared_adapter_learns_from_both_roles_games():
-    module = make(shared=True)
+@pytest.mark.parametrize("mode", ["shared_lora", "shared_full"])
+def test_shared_policy_learns_from_both_roles_games(mode):
+    module = make(mode=mode)
     _, p, stats = train(module, ["attacker", "defender"])
     for role in ("attacker", "defender"):  # one adapter: both roles move, and together
         assert p[role][1] > p[role][0] + 0.05
@@ -157,3 +165,16 @@ def test_kl_anchor_pulls_a_role_back_when_the_reward_is_flat(kl_mode):
         kls.append(first_token_kl(module, "defender"))
     assert kls[-1] < 0.5 * kls[0], f"KL to the anchor under a flat reward: {[round(k, 4) for k in kls]}"
     assert p_target(module, "defender", target) < p["defender"][1], "pulled back toward the anchor's probability"
+
+
+@pytest.mark.parametrize("mode", ["bipolicy", "shared_lora", "shared_full"])
+def test_an_attacker_update_moves_the_defender_only_when_they_share_weights(mode):
+    module = make(mode=mode)
+    before = [p.detach().clone() for p in module.bank.role_parameters("defender")]
+    _, p, _ = train(module, ["attacker"], rounds=3)
+    assert p["attacker"][1] > p["attacker"][0] + 0.05
+    same = all(torch.equal(a, b) for a, b in zip(before, module.bank.role_parameters("defender")))
+    if mode == "bipolicy":
+        assert same and p["defender"][1] == p["defender"][0], "the defender's weights and behaviour are untouched"
+    else:
+        assert not same and p["defender"][1] == pytest.approx(p["attacker"][1]), "one policy: both roles moved"

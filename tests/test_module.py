@@ -7,25 +7,11 @@ import torch
 
 from abspo.bank import BankSpec, LoraSpec
 from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
-from abspo.data import SeedDataModule
 from abspo.game import GameConfig
-from abspo.judges import HeuristicJudge
 from abspo.module import SelfPlayModule, game_metrics
 from tests.conftest import TINY
 
 GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    return HeuristicJudge()
-
-
-@pytest.fixture(scope="module")
-def seeds():
-    data = SeedDataModule(batch_size=8)
-    data.setup()
-    return data.stream
 
 
 def make(judge, **kwargs) -> SelfPlayModule:
@@ -80,7 +66,7 @@ def test_phases_schedule_freezes_the_opponent(judge, seeds):
 
 def test_shared_adapter_is_updated_once_from_both_roles(judge, seeds):
     bank = BankSpec(adapters={"shared": LoraSpec(r=4, alpha=8)}, roles={"attacker": "shared", "defender": "shared"})
-    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)})
+    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)}, mode="shared_lora")
     optimizers, _ = module.configure_optimizers()
     assert len(optimizers) == 1
     before = snapshot(module, "shared")
@@ -152,7 +138,8 @@ def test_optimizer_steps_per_batch_matches_the_schedule(judge):
     assert make(judge, schedule=ScheduleConfig(mode="phases")).optimizer_steps_per_batch == 1.0
     assert make(judge, algorithm=AlgorithmConfig(accumulate_batches=2)).optimizer_steps_per_batch == 1.0
     shared = BankSpec(adapters={"shared": LoraSpec(r=4)}, roles={"attacker": "shared", "defender": "shared"})
-    assert make(judge, bank=shared, optimizers={"shared": OptimizerConfig()}).optimizer_steps_per_batch == 1.0
+    assert make(judge, bank=shared, optimizers={"shared": OptimizerConfig()},
+                mode="shared_lora").optimizer_steps_per_batch == 1.0
 
 
 # -- the update path's fixes, each with the bug it guards against -----------------------------------------------
@@ -174,7 +161,7 @@ def scored_exchanges(module: SelfPlayModule, lengths: dict[str, list[int]], rewa
 
 def test_shared_adapter_update_mixes_roles_of_unequal_lengths_in_one_micro_batch(judge):
     bank = BankSpec(adapters={"shared": LoraSpec(r=4, alpha=8)}, roles={"attacker": "shared", "defender": "shared"})
-    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)},
+    module = make(judge, bank=bank, optimizers={"shared": OptimizerConfig(lr=1e-2)}, mode="shared_lora",
                   algorithm=AlgorithmConfig(micro_batch_size=8))
     exchanges = scored_exchanges(module, {"attacker": [4, 2, 3, 4], "defender": [12, 7, 1, 9]}, [1.0, -1.0, 0.5, 0.0])
     before = snapshot(module, "shared")

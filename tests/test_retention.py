@@ -26,7 +26,6 @@ from abspo.errors import ConfigError
 from abspo.evaluation.tasks import (ChoiceItem, ExactMatchTask, Outcome, QAItem, Task, TaskSpec, arithmetic_items,
                                     build_task, evaluate)
 from abspo.game import GameConfig, chat_prompt
-from abspo.judges import HeuristicJudge
 from abspo.models import load_base
 from abspo.module import SelfPlayModule
 from tests.conftest import TINY, perturb
@@ -60,11 +59,6 @@ def naive_choice_scores(model, tok, question: str, choices: list[str]) -> list[f
         token_logp = logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][-len(completion):]
         out.append(float(token_logp.mean()))
     return out
-
-
-@pytest.fixture(scope="module")
-def judge():
-    return HeuristicJudge()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from abspo.atomic import atomic_folder
 from abspo.errors import ConfigError
 
 ROLES = ("attacker", "defender")
@@ -124,6 +123,16 @@ class AdapterBank(nn.Module):
                 return parts[i + 1]
         return None
 
+    def owner_of(self, param_name: str) -> str | None:
+        """The adapter a parameter (named as in this bank or in a module holding it) belongs to; None for the
+        frozen base. What checkpoints keep: the trainable state and nothing else."""
+        return self._adapter_of(param_name)
+
+    @property
+    def mode(self) -> str:
+        """``bipolicy`` (a role per adapter) or ``shared_lora`` (one adapter plays every role)."""
+        return "shared_lora" if len(set(self.spec.roles.values())) == 1 else "bipolicy"
+
     def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
         """The trainable parameters of one adapter, selected by name (never by requires_grad)."""
         if adapter not in self.spec.adapters:
@@ -173,32 +182,17 @@ class AdapterBank(nn.Module):
             self._route(*previous)
 
     def enable_activation_checkpointing(self) -> None:
-        """Recompute each decoder layer in backward instead of keeping its activations (Hugging Face's
-        non-reentrant checkpointing, which keeps FSDP2's hooks outside the recomputed part). Acts in
+        """Recompute each decoder layer in backward instead of keeping its activations. Acts in
         :meth:`update_mode` only."""
-        base = self.model.get_base_model()
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self._checkpointed = [m for m in self.model.modules() if getattr(m, "gradient_checkpointing", False)]
+        self._checkpointed = checkpoint_decoder_layers(self.model.get_base_model())
 
     @contextmanager
     def update_mode(self) -> Iterator[None]:
         """Gradient passes: the base stays in eval mode (no base dropout: the anchor and the sampled policy are
-        deterministic, so the PPO ratio compares like with like); only LoRA's own dropout, if set, acts. With
-        activation checkpointing, the decoder layers alone are flagged as training (Hugging Face checkpoints a
-        layer only then); their sub-modules stay in eval mode."""
-        self.model.eval()
-        for name, module in self.model.named_modules():
-            if name.rsplit(".", 2)[-2:-1] == ["lora_dropout"]:
-                module.train()
-        for layer in getattr(self, "_checkpointed", ()):
-            layer.training = True
-        try:
+        deterministic, so the PPO ratio compares like with like); only LoRA's own dropout, if set, acts."""
+        dropouts = [m for name, m in self.model.named_modules() if name.rsplit(".", 2)[-2:-1] == ["lora_dropout"]]
+        with gradient_pass_mode(self.model, [*dropouts, *getattr(self, "_checkpointed", ())]):
             yield
-        finally:
-            self.model.eval()
 
     # -- export -----------------------------------------------------------------------------------
     def export(self, role: str, folder: str | Path, write: bool = True) -> Path:
@@ -217,24 +211,11 @@ class AdapterBank(nn.Module):
         state = {k: full_tensor(v.detach()).to("cpu").contiguous() for k, v in state.items()}
         if not write:
             return folder
-        folder.parent.mkdir(parents=True, exist_ok=True)
         config = self.model.peft_config[adapter]
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
+        with atomic_folder(folder) as tmp:
             save_file(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
             config.save_pretrained(tmp)
-            (tmp / "abspo_role.json").write_text(json.dumps({"role": role, "adapter": adapter}) + "\n")
-            old = folder.with_name(f".{folder.name}.old")
-            if old.exists():  # left by an export killed between the two renames below
-                shutil.rmtree(old)
-            if folder.exists():
-                folder.rename(old)
-            tmp.rename(folder)
-            if old.exists():
-                shutil.rmtree(old)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            write_role_file(tmp, role, adapter, self.mode)
         return folder
 
     def load(self, role: str, folder: str | Path, key: str = "adapter") -> None:
@@ -273,6 +254,37 @@ class AdapterBank(nn.Module):
                 raise ConfigError(f"model.bank.adapters.{adapter}.target_modules",
                                   f"the base model has no module named {missing}",
                                   f"use names from {linear}, or 'all-linear'")
+
+
+def checkpoint_decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """Turn on Hugging Face's non-reentrant activation checkpointing of ``model``'s decoder layers (which keeps
+    FSDP2's hooks outside the recomputed part); returns the layers, which :func:`gradient_pass_mode` must flag as
+    training (Hugging Face checkpoints a layer only then)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+
+
+@contextmanager
+def gradient_pass_mode(model: nn.Module, training: list[nn.Module]) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) with only the modules in ``training`` flagged as training (their
+    own flag, not their children's); eval mode again on exit."""
+    model.eval()
+    for module in training:
+        module.training = True
+    try:
+        yield
+    finally:
+        model.eval()
+
+
+def write_role_file(folder: Path, role: str, adapter: str, mode: str | None = None) -> None:
+    """``abspo_role.json``: which role (and adapter, and training mode) an exported folder holds."""
+    record = {"role": role, "adapter": adapter} | ({"mode": mode} if mode else {})
+    (folder / "abspo_role.json").write_text(json.dumps(record) + "\n")
 
 
 def lora_initial_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -217,9 +217,15 @@ class AbspoCLI(LightningCLI):
             return "base", 0, {"checkpoint": None}
         folder = Path(str(ckpt_path))
         if str(ckpt_path) != "last" and folder.is_dir():
-            if not (folder / "adapter_config.json").is_file() and (folder / "defender" / "adapter_config.json").is_file():
+            if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file() \
+                    and (folder / "defender").is_dir():
                 folder = folder / "defender"  # the run's adapters/ folder
             spec = parse_player(str(folder.resolve()), "--ckpt_path", "defender")  # a path, never a keyword
+            if (spec.kind == "full") != (model.mode == "shared_full"):
+                held = "a whole model (a shared_full export)" if spec.kind == "full" else "a LoRA adapter"
+                raise ConfigError("--ckpt_path", f"{spec.path} holds {held}, and this config's model.mode is {model.mode}",
+                                  "set --model.mode " + ("shared_full" if spec.kind == "full" else "bipolicy")
+                                  + " (the mode the folder was trained in)")
             model.bank.load("defender", spec.path, key="--ckpt_path")
             name = default_label(spec.path) if spec.path.parent.name == "adapters" else f"{spec.path.parent.name}/{spec.path.name}"
             return "adapter-" + name.replace("/", "-"), None, {"adapter": str(spec.path)}

@@ -44,6 +44,8 @@ from abspo.bank import ROLES, AdapterBank, BankSpec
 from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
+from abspo.full_policy import FullPolicy
+from abspo.modes import Mode, resolve_mode
 from abspo.degenerate import degenerate_reply
 from abspo.distributed import Collective
 from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
@@ -88,6 +90,7 @@ class SelfPlayModule(L.LightningModule):
         schedule: ScheduleConfig | None = None,
         logging: LoggingConfig | None = None,
         meta_device: bool = False,
+        mode: Mode = "bipolicy",
     ):
         """
         Args:
@@ -103,12 +106,16 @@ class SelfPlayModule(L.LightningModule):
             logging: Sample tables.
             meta_device: Build the base on the meta device with no weights (parameter accounting and config
                 checks of paper-scale models on small machines; cannot train).
+            mode: Who holds each role's trainable weights: bipolicy (ABS: a LoRA adapter per role), shared_lora
+                (one adapter plays both roles) or shared_full (one fully trained policy, anchored to a frozen
+                copy of the base). A config written for bipolicy runs in the shared modes as it is (abspo.modes).
         """
         super().__init__()
         self.automatic_optimization = False
         self.base_cfg = base or BaseModel()
-        self.bank_spec = bank or BankSpec()
-        self.optim_cfg = optimizers if optimizers is not None else default_optimizers()
+        self.mode = mode
+        self.bank_spec, self.optim_cfg = resolve_mode(mode, bank or BankSpec(),
+                                                      optimizers if optimizers is not None else default_optimizers())
         self.game = game or GameConfig()
         self.algorithm = algorithm or AlgorithmConfig()
         self.schedule = schedule or ScheduleConfig()
@@ -118,10 +125,10 @@ class SelfPlayModule(L.LightningModule):
         self.schedule.validate()
         self.bank_spec.validate()
         for adapter in self.optim_cfg:
-            if adapter not in self.bank_spec.adapters:
+            if adapter not in self.bank_spec.adapters and mode != "shared_full":
                 raise ConfigError(f"model.optimizers.{adapter}", f"no adapter named {adapter!r}",
                                   f"optimizers are keyed by adapter name: {sorted(self.bank_spec.adapters)}")
-        for adapter in self.bank_spec.adapters:
+        for adapter in self.bank_spec.adapters if mode != "shared_full" else ():
             if adapter not in self.optim_cfg:
                 raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
                                   f"add `{adapter}: {{lr: 1e-4}}` under model.optimizers")
@@ -148,10 +155,13 @@ class SelfPlayModule(L.LightningModule):
             base_model, self.tokenizer = empty_base(self.base_cfg)  # FSDP2 loads the shards (configure_model)
         else:
             base_model, self.tokenizer = load_base(self.base_cfg)
-        self.bank = AdapterBank(base_model, self.bank_spec)
+        if mode == "shared_full":
+            self.bank = FullPolicy(base_model, self.tokenizer)
+        else:
+            self.bank = AdapterBank(base_model, self.bank_spec)
         if self.algorithm.activation_checkpointing:
             self.bank.enable_activation_checkpointing()
-        self.adapters = list(self.bank_spec.adapters)
+        self.adapters = list(self.optim_cfg)  # adapter names (``shared`` for the full policy), one optimizer each
         self._judge = judge
         self.strict_loading = False  # checkpoints hold adapters only; on_load_checkpoint checks they are all there
         self._updates = defaultdict(int)  # adapter -> batches it has been updated on (accumulation counter)
@@ -186,6 +196,10 @@ class SelfPlayModule(L.LightningModule):
         if self.base_cfg.init_on_meta and not isinstance(strategy, FSDP2Strategy):
             raise ConfigError("model.base.init_on_meta", "only FSDP2 loads a base built on the meta device (each "
                               "process its own shards)", "set init_on_meta: false, or use abspo.strategies.FSDP2Strategy")
+        if isinstance(strategy, FSDP2Strategy) and self.mode == "shared_full":
+            raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
+                              "frozen reference copy are not sharded)",
+                              "use trainer.strategy: ddp, or model.mode: bipolicy / shared_lora under FSDP2")
         if isinstance(strategy, FSDP2Strategy) and self.algorithm.accumulate_batches > 1:
             raise ConfigError("model.algorithm.accumulate_batches", "gradient accumulation across batches is not "
                               "supported under FSDP2 yet (a checkpoint could not hold the sharded pending gradients)",
@@ -547,18 +561,19 @@ class SelfPlayModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_signature(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "bank": self.bank_spec.signature()}
+        bank = self.bank_spec.signature() if self.mode != "shared_full" else {}
+        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "mode": self.mode, "bank": bank}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        adapter_keys = {k for k in checkpoint["state_dict"] if AdapterBank._adapter_of(k) is not None}
+        adapter_keys = {k for k in checkpoint["state_dict"] if self.bank.owner_of(k) is not None}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in adapter_keys}
         checkpoint["abspo"] = self.checkpoint_signature()
         # Accumulation state: how many batches each adapter has been updated on, and the gradients summed since
         # its last step (LoRA-sized), so that a resume mid-accumulation steps on the same sum.
         # Data parallel: the pending gradients are each process's own partial sums, so the checkpoint holds their
         # sum (rank 0 writes it) and on resume rank 0 alone restores it: exact on any number of processes.
-        pending = [(n, p) for n, p in self.named_parameters() if AdapterBank._adapter_of(n) is not None
-                   and self._updates[AdapterBank._adapter_of(n)] % self.algorithm.accumulate_batches]
+        pending = [(n, p) for n, p in self.named_parameters() if self.bank.owner_of(n) is not None
+                   and self._updates[self.bank.owner_of(n)] % self.algorithm.accumulate_batches]
         if self.collective.active:
             summed = self.collective.sum_all([p.grad for _, p in pending], [p for _, p in pending])
             grads = {n: g.to("cpu") for (n, _), g in zip(pending, summed)}
@@ -585,13 +600,18 @@ class SelfPlayModule(L.LightningModule):
         if saved["base"] != mine["base"]:
             raise ConfigError(key, f"the checkpoint was trained on base model {saved['base']!r}, this run uses "
                               f"{mine['base']!r}", "set model.base.name_or_path to the checkpoint's base, or start a new run")
+        roles = saved["bank"].get("roles", {})
+        saved_mode = saved.get("mode") or ("shared_lora" if len(set(roles.values())) == 1 else "bipolicy")
+        if saved_mode != self.mode:
+            raise ConfigError(key, f"the checkpoint was trained with model.mode {saved_mode}, this run uses {self.mode}",
+                              f"set model.mode: {saved_mode} to resume it, or start a new run (another run.name)")
         diffs = _diff(saved["bank"], mine["bank"], "model.bank")
         if diffs:
             raise ConfigError(key, "the checkpoint's adapters differ from this run's: " + "; ".join(diffs),
                               "use the adapter settings of the checkpoint's run, or start a new run (another run.name)")
         if "state_dict" not in checkpoint:
             return  # a sharded checkpoint's loop state: the strategy loads (and checks) its tensors itself
-        expected = {k for k, _ in self.named_parameters() if AdapterBank._adapter_of(k) is not None}
+        expected = {k for k, _ in self.named_parameters() if self.bank.owner_of(k) is not None}
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise ConfigError(key, f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]})",

@@ -221,18 +221,23 @@ def build_scoring_batch(prompt_ids: list[list[int]], completion_ids: list[list[i
     return ScoringBatch(ids.to(device), attn.to(device), pos.to(device), cmask.to(device), comp.to(device))
 
 
-def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False,
-                        temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
-    """Per-token log pi_T(completion token) [B, T] (float32) under ``softmax(logits / temperature)``, the
-    distribution ``generate`` samples from at that temperature; optionally the per-token entropy of it."""
+def completion_logits(model, batch: ScoringBatch, temperature: float = 1.0) -> Tensor:
+    """[B, T, V] float32 logits / temperature at the completion positions (position j predicts token j): the
+    distribution ``generate`` samples from at that temperature, before its softmax."""
     if temperature <= 0:
         raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
     t = batch.completion_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=t + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float()  # position j predicts completion token j
-    if temperature != 1.0:
-        logits = logits / temperature
+    logits = out.logits[:, :-1, :].float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False,
+                        temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """Per-token log pi_T(completion token) [B, T] (float32) under ``softmax(logits / temperature)``, the
+    distribution ``generate`` samples from at that temperature; optionally the per-token entropy of it."""
+    logits = completion_logits(model, batch, temperature)
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None

@@ -115,7 +115,7 @@ def gathered(bank) -> Iterator[None]:
     instead of one per layer *and token*, at the cost of the full base in memory meanwhile. A no-op unsharded."""
     from torch.distributed.fsdp import FSDPModule
 
-    root = bank.model.get_base_model()
+    root = getattr(bank.model, "get_base_model", lambda: bank.model)()  # (a full policy is never sharded)
     if not isinstance(root, FSDPModule):
         yield
         return

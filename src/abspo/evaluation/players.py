@@ -6,7 +6,8 @@ fixed benchmarks (safety report). Both need the same three things, kept here:
 * **Naming a player.** ``base`` is the base model without any adapter, ``vanilla`` is the attacker that
   passes every seed through unchanged (the no-attack baseline), and anything else is a PEFT adapter folder
   as written by :class:`~abspo.callbacks.AdapterExport` / :meth:`AdapterBank.export`
-  (``checkpoints/<run>/adapters/<role>``). ``label=path`` gives a player a display name.
+  (``checkpoints/<run>/adapters/<role>``), or a whole model folder (``config.json`` + weights) as a
+  ``shared_full`` run exports it. ``label=path`` gives a player a display name.
 * **Holding several players in memory at once.** :class:`PlayerPool` loads the base once and every adapter
   once, onto one ``PeftModel`` under distinct names (``load_adapter``), and switches between them with
   PEFT's own ``set_adapter`` / ``disable_adapter``. The trainer's :class:`~abspo.bank.AdapterBank` avoids
@@ -26,6 +27,7 @@ It also holds the small helpers the report writers share (:func:`file_sha256`, :
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,13 +58,13 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # -- naming players ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlayerSpec:
-    """One player: ``vanilla`` (attackers only), ``base``, or a PEFT adapter folder."""
+    """One player: ``vanilla`` (attackers only), ``base``, a PEFT adapter folder, or a full model folder."""
 
     label: str
     """Display name in reports and matrices."""
-    kind: Literal["vanilla", "base", "adapter"]
+    kind: Literal["vanilla", "base", "adapter", "full"]
     path: Path | None = None
-    """The adapter folder (``kind == 'adapter'``)."""
+    """The adapter or model folder (``kind`` 'adapter' or 'full')."""
     key: str = ""
     """The argument it came from, for error messages."""
 
@@ -105,10 +107,18 @@ def parse_player(text: str, key: str, role: Literal["attacker", "defender"]) -> 
                           f"give a PEFT adapter folder (e.g. checkpoints/<run>/adapters/{role}), 'base'"
                           + (" or 'vanilla'" if role == "attacker" else ""))
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing and is_model_folder(path):
+        return PlayerSpec(label or default_label(path), "full", path.resolve(), key)
     if missing:
-        raise ConfigError(key, f"{text!r} is not a PEFT adapter folder (no {' or '.join(missing)})",
-                          "point at a folder written by abspo's adapter export or PeftModel.save_pretrained")
+        raise ConfigError(key, f"{text!r} is not a PEFT adapter folder (no {' or '.join(missing)}) nor a model "
+                          "folder (config.json + *.safetensors)",
+                          "point at a folder written by abspo's export, PeftModel.save_pretrained or save_pretrained")
     return PlayerSpec(label or default_label(path), "adapter", path.resolve(), key)
+
+
+def is_model_folder(path: Path) -> bool:
+    """A whole Hugging Face model (``config.json`` and safetensors weights), as a shared_full run exports."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def default_label(path: Path) -> str:
@@ -137,19 +147,30 @@ def parse_players(texts: Sequence[str], key: str, role: Literal["attacker", "def
 class PlayerPool:
     """One base model in memory with every adapter loaded once; :meth:`model_for` switches between them."""
 
-    def __init__(self, model: nn.Module, tokenizer, adapter_names: dict[Path, str] | None = None):
+    def __init__(self, model: nn.Module, tokenizer, adapter_names: dict[Path, str] | None = None,
+                 full_models: dict[Path, nn.Module] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.adapter_names = dict(adapter_names or {})
+        self.full_models = dict(full_models or {})
 
     @classmethod
     def load(cls, base: BaseModel, specs: Sequence[PlayerSpec]) -> PlayerPool:
-        """Load ``base`` once and every distinct adapter folder among ``specs`` once."""
+        """Load ``base`` once, every distinct adapter folder among ``specs`` once onto it, and every full model
+        folder once as a model of its own (in the base's dtype, with the base's tokenizer)."""
         folders: dict[Path, PlayerSpec] = {}
         for spec in specs:
             if spec.kind == "adapter" and spec.path not in folders:
                 folders[spec.path] = spec
         model, tokenizer = load_base(base)
+        full_models: dict[Path, nn.Module] = {}
+        for spec in specs:
+            if spec.kind == "full" and spec.path not in full_models:
+                try:
+                    full_models[spec.path], _ = load_base(dataclasses.replace(base, name_or_path=str(spec.path)))
+                except ConfigError as err:
+                    raise ConfigError(spec.key, err.problem, err.fix) from None
+                _check_same_architecture(full_models[spec.path], model, spec, base)
         names: dict[Path, str] = {}
         for i, (folder, spec) in enumerate(folders.items()):
             name = f"player{i}"
@@ -168,14 +189,16 @@ class PlayerPool:
                                "evaluate it on the base it was trained on (--base.name_or_path)")
             names[folder] = name
         model.eval()
-        return cls(model, tokenizer, names)
+        return cls(model, tokenizer, names, full_models)
 
     @contextmanager
     def model_for(self, spec: PlayerSpec) -> Iterator[nn.Module]:
         """The model playing as ``spec``: its adapter active, or every adapter off for ``base``."""
         if spec.kind == VANILLA:
             raise ValueError("the vanilla attacker has no model")
-        if spec.kind == "adapter":
+        if spec.kind == "full":
+            yield self.full_models[spec.path]
+        elif spec.kind == "adapter":
             self.model.set_adapter(self.adapter_names[spec.path])  # no grads are taken: its requires_grad flip is moot
             yield self.model
         elif self.adapter_names:
@@ -183,6 +206,17 @@ class PlayerPool:
                 yield self.model
         else:
             yield self.model
+
+
+def _check_same_architecture(model: nn.Module, base_model: nn.Module, spec: PlayerSpec, base: BaseModel) -> None:
+    """A full model player must have been trained from ``base``: the same parameter names and shapes."""
+    base_model = base_model.get_base_model() if hasattr(base_model, "get_base_model") else base_model
+    ours = {n: tuple(p.shape) for n, p in base_model.named_parameters()}
+    theirs = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if ours != theirs:
+        differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
+        raise ConfigError(spec.key, f"model folder {str(spec.path)!r} is not of base {base.name_or_path!r}'s "
+                          f"architecture (e.g. {differ[0]})", "evaluate it on the base it was trained from (--base.name_or_path)")
 
 
 def _warn_on_base_name(folder: Path, base: BaseModel) -> None:
