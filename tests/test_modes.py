@@ -172,3 +172,11 @@ def test_abspo_test_evaluates_a_shared_full_export_and_refuses_it_in_a_lora_mode
               "--ckpt_path", str(folder), *SMALL])
     err = capsys.readouterr().err
     assert "--ckpt_path" in err and "--model.mode shared_full" in err
+
+
+def test_max_batches_is_one_game_budget_in_every_mode_and_the_end_is_checkpointed(tmp_path):
+    for mode, steps in (("bipolicy", 6), ("shared_lora", 3)):  # tiny.yaml checkpoints every 2 steps: 3 is off-grid
+        cli = fit(tmp_path, mode, "--run.max_batches", "3")
+        assert cli.trainer.global_step == steps
+        ckpt = torch.load(tmp_path / mode / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == steps and ckpt["SeedDataModule"]["batches_served"] == 3

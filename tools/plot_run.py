@@ -13,46 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from abspo.evaluation.curves import block_means, plot_runs, read_scalars
 
 GAME = ["game/attack_success_rate", "game/benign_refusal_rate", "game/degenerate_rate", "game/attacker_forfeit_rate",
         "game/attacker_format_failure_rate"]
 ROLES = ["attacker/reward", "defender/reward", "attacker/kl", "defender/kl"]
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def block_means(points: list[tuple[int, float]], block: int) -> list[tuple[int, float, int]]:
-    """(first batch of the block, mean, count) for each block of ``block`` batches that has values."""
-    blocks: dict[int, list[float]] = {}
-    for step, value in points:
-        blocks.setdefault(step // block, []).append(value)
-    return [(b * block, sum(v) / len(v), len(v)) for b, v in sorted(blocks.items())]
-
-
-def plot(scalars, tags, block: int, path: Path, title: str) -> None:
-    fig, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.2), squeeze=False)
-    for ax, tag in zip(axes[0], tags):
-        points = scalars.get(tag, [])
-        if points:
-            ax.plot([s for s, _ in points], [v for _, v in points], alpha=0.25, lw=1)
-            means = block_means(points, block)
-            ax.plot([s + block / 2 for s, _, _ in means], [m for _, m, _ in means], lw=2.5, marker="o")
-        ax.set_title(tag, fontsize=9)
-        ax.set_xlabel("batch")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -71,8 +36,9 @@ def main() -> None:
         print(f"| {tag} | " + " | ".join(f"{means[s]:.3f}" if s in means else "–" for s, _, _ in blocks) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        plot(scalars, GAME[:4], args.block, Path(f"{args.out}-game.png"), f"{args.run_dir.name}: the game")
-        plot(scalars, ROLES, args.block, Path(f"{args.out}-roles.png"), f"{args.run_dir.name}: rewards and KL")
+        runs = {args.run_dir.name: scalars}
+        plot_runs(runs, GAME[:4], args.block, f"{args.out}-game.png", f"{args.run_dir.name}: the game")
+        plot_runs(runs, ROLES, args.block, f"{args.out}-roles.png", f"{args.run_dir.name}: rewards and KL")
         print(f"wrote {args.out}-game.png, {args.out}-roles.png")
 
 

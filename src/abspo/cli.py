@@ -22,6 +22,7 @@ import argparse
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -37,10 +38,12 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import game_progress_bar
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError
+from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
 from abspo.evaluation.safety import (
@@ -69,6 +72,9 @@ class RunConfig:
     """Write checkpoints/last.ckpt every N optimizer steps (and at the end)."""
     export_every_n_steps: int = 0
     """Export adapters/<role>/ every N optimizer steps (0: only at the end)."""
+    max_batches: int | None = None
+    """Stop after this many batches of games, whatever model.mode (sets trainer.max_steps to the optimizer steps
+    they make: two per batch for bipolicy in alternate mode, one for a shared mode). None: trainer.max_steps."""
     overwrite: bool = False
     """Start a new run in a folder that already holds a checkpoint, replacing it. Off: such a run stops with an
     error, so an earlier run is never overwritten by accident."""
@@ -100,8 +106,8 @@ class AbspoCLI(LightningCLI):
             if c.dirpath is None:
                 c.dirpath = str(run_dir / "checkpoints")
         if not checkpoints:
-            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                             every_n_train_steps=run.checkpoint_every_n_steps))
+            callbacks.append(RunCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                           every_n_train_steps=run.checkpoint_every_n_steps))
         if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
             callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
         if config.get("enable_progress_bar") is not False and not any(
@@ -117,6 +123,11 @@ class AbspoCLI(LightningCLI):
     def before_fit(self) -> None:
         """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
         self.datamodule.setup("fit")
+        max_batches = self._get(self.config, "run").max_batches
+        if max_batches is not None:
+            if max_batches < 1:
+                raise ConfigError("run.max_batches", f"must be >= 1, got {max_batches}", "use a positive number of batches")
+            self.trainer.fit_loop.epoch_loop.max_steps = math.ceil(max_batches * self.model.optimizer_steps_per_batch)
         ckpt = self._get(self.config, "ckpt_path")
         if ckpt is None:
             existing = self.run_dir() / "checkpoints" / "last.ckpt"
@@ -255,6 +266,8 @@ DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on
   abspo crossplay --out DIR --attackers [...] --defenders [...]
                                                attack-success matrix of every attacker against every defender
   abspo safety-report --out DIR --defender F   safety report of any adapter folder on any base, no training config
+  abspo compare --out DIR --train_config F     train bipolicy, shared_lora and shared_full alike, cross-play them
+  abspo plan --config F                        memory per device of a run, before starting it
 
 Each subcommand has its own --help."""
 
@@ -353,8 +366,16 @@ def safety_report_main(argv: list[str]) -> None:
     print(f"written to {kwargs['out']}/report.json, report.md, exchanges.jsonl, exchanges.html")
 
 
+def compare_main(argv: list[str]) -> None:
+    """``abspo compare``: see :func:`abspo.evaluation.compare.run_compare`."""
+    _, kwargs = run_function_command(run_compare, "abspo compare", argv)
+    out = Path(kwargs["out"])
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"written to {out}/: report.md, report.json, curves-*.png, crossplay/, runs/")
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main,
-                                                     "plan": plan_main}
+                                                     "plan": plan_main, "compare": compare_main}
 """Subcommands beside LightningCLI's: they evaluate finished adapters or plan a run, and start no training."""
 
 

@@ -1,0 +1,17 @@
+"""RunCheckpoint: Lightning's ModelCheckpoint that also writes ``last.ckpt`` when training ends.
+
+A step-based ``ModelCheckpoint`` saves only at multiples of ``every_n_train_steps``: a run whose ``max_steps``
+is not such a multiple (or that a shared mode ends after an odd number of steps) would otherwise lose every
+batch since the last multiple, and ``--ckpt_path last`` would resume from there.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class RunCheckpoint(ModelCheckpoint):
+    def on_train_end(self, trainer, module) -> None:
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, module)
