@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from abspo.callbacks.collapse import CollapseDiagnostics, cosine
+from abspo.callbacks.collapse import CollapseDiagnostics, cosine, probe_tensor
 from abspo.cli import cli_main
 from abspo.config import AlgorithmConfig, OptimizerConfig
 from abspo.diversity import bleu, mean_pairwise_cosine, paired_cosine, self_bleu, tokens
@@ -125,3 +125,19 @@ def test_callback_logs_to_tensorboard_and_writes_a_summary(tmp_path):
     summary = json.loads((tmp_path / "tiny" / "diagnostics.json").read_text())
     assert summary["metrics"]["diag/role_kl"]["points"] == 2
     assert 0 < summary["overhead"]["fraction"] < 1 and "down_proj" in summary["probe"]
+
+
+@pytest.mark.parametrize("mode", ["bipolicy", "shared_lora"])
+def test_gradients_from_the_update_s_own_rollouts_equal_recomputed_ones(judge, seeds, mode):
+    module = make(judge, mode)
+    exchanges = module.play(seeds.batch(0).seeds)
+    module.learn(exchanges, 0)
+    module.last_exchanges = exchanges
+    diagnostics = CollapseDiagnostics()
+    _, probe = probe_tensor(module.bank)
+    probe.requires_grad_(True)
+    for role in ("attacker", "defender"):
+        kept = diagnostics.role_gradient(module, role, exchanges, [probe])  # the update's rollout batch
+        fresh = diagnostics.role_gradient(module, role, list(exchanges), [probe])  # recomputed from the games
+        torch.testing.assert_close(kept[0], fresh[0], rtol=1e-4, atol=1e-7)
+    probe.requires_grad_(False)

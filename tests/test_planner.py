@@ -3,6 +3,8 @@ reads a training config as `abspo fit` would."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from abspo.bank import AdapterBank, BankSpec, LoraSpec
@@ -40,6 +42,18 @@ def test_plan_arithmetic_by_hand():
     assert plan.persistent["LoRA weights (fp32)"] == lora * 4 and plan.persistent["AdamW moments (fp32)"] == lora * 8
     assert plan.phases["update"]["completion logits (fp32)"] == 2 * 7 * 100 * 4 * 3
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
+
+
+def test_modes_change_what_is_trained():
+    p = PlanInputs(arch=TOY, base_dtype="bfloat16", lora_ranks=[2, 4], games=4, runtime_gib=0.0)
+    both, shared = plan_memory(p), plan_memory(replace(p, mode="shared_lora"))
+    full = plan_memory(replace(p, mode="shared_full"))
+    assert shared.persistent["LoRA weights (fp32)"] == TOY.lora_params(2) * 4, "one adapter, the first spec"
+    assert both.persistent["LoRA weights (fp32)"] == (TOY.lora_params(2) + TOY.lora_params(4)) * 4
+    # a float32 trained copy of the base + its grads + AdamW moments, beside the frozen bf16 anchor
+    assert full.persistent["policy weights (fp32)"] + full.persistent["policy grads (fp32)"] \
+        + full.persistent["AdamW moments (fp32)"] == TOY.base_params() * 16
+    assert full.persistent["base"] == both.persistent["base"] == TOY.base_params() * 2
 
 
 def test_sharding_divides_base_and_lora_states_and_gathers_for_generation():

@@ -7,6 +7,8 @@ reproduce each role's logits through plain PEFT, and `abspo test` reports on the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -61,6 +63,16 @@ def test_real_model_export_reproduces_logits(run):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
 
 
+def test_real_model_collapse_diagnostics_of_the_main_job(run):
+    root, _ = run
+    summary = json.loads((root / "smoke" / "diagnostics.json").read_text())
+    figures = summary["metrics"]
+    for key in ("diag/grad_cos_probe", "diag/role_kl", "diag/attack_self_bleu", "diag/attack_seed_similarity"):
+        assert figures[key]["points"] == 1, key  # batch 0 of the one batch played
+    assert -1.0 <= figures["diag/grad_cos_probe"]["first"] <= 1.0
+    assert figures["diag/role_kl"]["first"] >= 0.0
+
+
 def test_real_anchor_is_scored_for_retention(run):
     _, cli = run
     (retention,) = [c for c in cli.trainer.callbacks if isinstance(c, ReasoningRetention)]
@@ -76,8 +88,6 @@ def test_abspo_test_reports_on_the_trained_real_defender(run):
     cli = cli_main(["test", "--config", "configs/smollm2-cpu.yaml", "--run.output_root", str(root), "--run.name", "smoke",
                     "--ckpt_path", "last", "--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2",
                     "--eval.max_new_tokens", "24", "--data.batch_size", "8"])
-    import json
-
     report = json.loads((root / "smoke" / "eval" / "step-2" / "report.json").read_text())
     assert report["defender"]["label"] == "step-2" and report["base"]["name_or_path"] == "smollm2-135m-instruct"
     assert report["judge"] == "abspo.judges.heuristic.HeuristicJudge"

@@ -73,6 +73,8 @@ class RolloutBatch:
     ref_logp: torch.Tensor
     """[N, T] log-probs under the anchor."""
     stats: dict[str, float]
+    roles: list[str]
+    """The role that played each row (a shared adapter's batch holds both roles' turns)."""
 
 
 class SelfPlayModule(L.LightningModule):
@@ -167,6 +169,7 @@ class SelfPlayModule(L.LightningModule):
         self._updates = defaultdict(int)  # adapter -> batches it has been updated on (accumulation counter)
         self._standalone_optimizers = None  # optimizers of learn() outside a Trainer
         self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
+        self.last_rollouts: dict[str, RolloutBatch] = {}  # adapter -> the rollout batch of its latest update
         self._sharded = False  # FSDP2 applied (configure_model): every process must run the same forwards
 
     # -- setup ------------------------------------------------------------------------------------
@@ -379,6 +382,7 @@ class SelfPlayModule(L.LightningModule):
         (tests, notebooks): outside a Trainer it builds and keeps its own optimizers.
         """
         optimizers = self._optimizers_by_adapter()
+        self.last_rollouts = {}
         by_adapter: dict[str, list[str]] = {}
         for role in self.schedule.roles_to_update(batch_index):
             by_adapter.setdefault(self.bank.adapter_for(role), []).append(role)
@@ -409,6 +413,7 @@ class SelfPlayModule(L.LightningModule):
         if rollout is None:
             return {f"{name}/skipped": 1.0}
         stats = dict(rollout.stats)
+        self.last_rollouts[adapter] = rollout  # what the update trained on (diagnostics read it)
         self._updates[adapter] += 1
         for _ in range(cfg.update_epochs):
             passed = self.gradient_pass(adapter, roles[0], rollout)
@@ -430,7 +435,7 @@ class SelfPlayModule(L.LightningModule):
         played it and under the anchor, and its advantages (normalised per role). None when there is none."""
         cfg = self.algorithm
         reduce = self.collective.sum  # batch statistics over every process's share (identity on one process)
-        prompts, completions, advantages, olds, refs = [], [], [], [], []
+        prompts, completions, advantages, olds, refs, row_roles = [], [], [], [], [], []
         stats: dict[str, float] = {}
         for role in roles:
             samples = self.role_samples(role, exchanges)
@@ -444,6 +449,7 @@ class SelfPlayModule(L.LightningModule):
             adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards, reduce)
             prompts += [s[0] for s in samples]
             completions += [s[1] for s in samples]
+            row_roles += [role] * len(samples)
             advantages.append(adv)
             olds.append(old)
             refs.append(ref)
@@ -452,7 +458,7 @@ class SelfPlayModule(L.LightningModule):
             return None
         t = max(x.shape[1] for x in olds)  # one width for every role: a shared adapter mixes them in micro-batches
         cat = lambda xs: torch.cat([_pad_to(x, t) for x in xs])  # noqa: E731
-        return RolloutBatch(prompts, completions, cat(advantages), cat(olds), cat(refs), stats)
+        return RolloutBatch(prompts, completions, cat(advantages), cat(olds), cat(refs), stats, row_roles)
 
     def gradient_pass(self, adapter: str, role: str, rollout: RolloutBatch) -> dict[str, float]:
         """Step 2: one pass over the rollout batch in micro-batches, ``manual_backward`` of the token-mean loss

@@ -9,6 +9,8 @@ the largest phase):
 
 - **persistent**: the frozen base (its dtype; a 1/N shard under FSDP), every adapter's LoRA weights, gradients
   and AdamW moments (float32: 16 bytes per LoRA parameter; sharded under FSDP), and a colocated judge model.
+  ``model.mode: shared_lora`` has one adapter; ``shared_full`` has no adapter but a float32 trained copy of the
+  base with its gradients and AdamW moments (16 bytes per base parameter) beside the frozen base, its anchor.
 - **rollouts**: the KV cache of this device's games for the longer turn (2 x layers x KV heads x head dim x
   sequence x games x dtype bytes), the per-step sampling buffers (float32 logits and keyed-sampling noise over
   the vocabulary), and under FSDP the gathered full base (generation unshards the model once instead of
@@ -106,6 +108,8 @@ class PlanInputs:
     arch: Architecture
     base_dtype: str = "bfloat16"
     lora_ranks: list[int] = field(default_factory=lambda: [16, 16])
+    mode: str = "bipolicy"
+    """model.mode: bipolicy, shared_lora (one adapter) or shared_full (a trained float32 copy of the base)."""
     devices: int = 1
     sharded: bool = False
     """FSDP2: base, LoRA and optimizer states sharded over ``devices``; else each device holds all (DDP)."""
@@ -204,12 +208,15 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     """The per-device memory of one self-play step (module docstring)."""
     a, b = p.arch, DTYPE_BYTES[p.base_dtype]
     shard = p.devices if p.sharded else 1
-    lora = sum(a.lora_params(r) for r in p.lora_ranks)
+    if p.mode == "shared_full":
+        trained, name = a.base_params(), "policy"
+    else:
+        trained, name = sum(a.lora_params(r) for r in p.lora_ranks[: 1 if p.mode == "shared_lora" else None]), "LoRA"
     persistent = {
         "base": a.base_params() * b / shard,
-        "LoRA weights (fp32)": lora * 4 / shard,
-        "LoRA grads (fp32)": lora * 4 / shard,
-        "AdamW moments (fp32)": lora * 8 / shard,
+        f"{name} weights (fp32)": trained * 4 / shard,
+        f"{name} grads (fp32)": trained * 4 / shard,
+        "AdamW moments (fp32)": trained * 8 / shard,
         "judge": p.judge_params * p.judge_dtype_bytes,
     }
     games = math.ceil(p.games / p.devices)
@@ -295,6 +302,7 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         arch=architecture(base["name_or_path"]),
         base_dtype=base["dtype"],
         lora_ranks=[int((spec or {}).get("r", 16)) for spec in adapters.values()],
+        mode=str(model.get("mode") or "bipolicy"),
         devices=devices * int(trainer.get("num_nodes", 1) or 1),
         sharded="ModelParallel" in strategy or "fsdp" in strategy.lower(),
         games=int(data.get("batch_size", 8)) * int(algorithm["group_size"]),
@@ -323,11 +331,12 @@ def plan_main(argv: list[str]) -> None:
     parser.add_argument("--prompt-tokens", type=int,
                         help="tokens of the longest turn prompt (default 256 + the attacker's max_new_tokens)")
     parser.add_argument("--runtime-gib", type=float, help="framework memory (default 1.0)")
+    parser.add_argument("--mode", choices=["bipolicy", "shared_lora", "shared_full"], help="default: model.mode")
     args = parser.parse_args(argv)
     plan = plan_memory(inputs_from_config(
         args.config, devices=args.devices, sharded=args.sharded, device_memory_gib=args.device_memory_gib,
         micro_batch_size=args.micro_batch_size, activation_checkpointing=args.activation_checkpointing,
-        prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib))
+        prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib, mode=args.mode))
     a = plan.inputs.arch
     print(f"{' + '.join(args.config)}: {a.base_params() / 1e9:.2f}B base parameters, "
           f"{sum(a.lora_params(r) for r in plan.inputs.lora_ranks) / 1e6:.1f}M LoRA parameters")

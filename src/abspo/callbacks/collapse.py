@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class CollapseDiagnostics(L.Callback):
-    def __init__(self, every_n_batches: int = 5, probe_games: int = 8, pressure: bool = True,
+    def __init__(self, every_n_batches: int = 10, probe_games: int = 8, pressure: bool = True,
                  gradients: bool = True, divergence: bool = True, diversity: bool = True,
                  encoder_path: str | None = None):
         """
@@ -74,6 +74,7 @@ class CollapseDiagnostics(L.Callback):
         self._encoder = None
         self.series: dict[str, list[tuple[int, float]]] = {}
         self.overhead_s = 0.0
+        self.seconds_by_figure: dict[str, float] = {}
         self._train_start: float | None = None
         self.probe_name: str | None = None
 
@@ -105,22 +106,25 @@ class CollapseDiagnostics(L.Callback):
 
     # -- the figures --------------------------------------------------------------------------------
     def measure(self, module, exchanges, batch_index: int) -> dict[str, float]:
-        """Every enabled figure for one batch's scored ``exchanges`` (the module's current weights)."""
+        """Every enabled figure for one batch's scored ``exchanges`` (the module's current weights); the seconds
+        each group took are added to :attr:`seconds_by_figure`."""
         out: dict[str, float] = {}
         sharded = getattr(module, "_sharded", False)
-        if self.diversity:
-            out.update(self.attack_diversity(module, exchanges))
-        if sharded:
-            return out
-        if self.pressure:
-            out.update(self.external_pressure(module, exchanges, batch_index))
-        if self.gradients:
-            out.update(self.gradient_alignment(module, exchanges))
-        if self.divergence:
-            kl = self.role_divergence(module, exchanges)
-            if kl is not None:
-                out["diag/role_kl"] = kl
+        figures = {"diversity": (self.diversity, lambda: self.attack_diversity(module, exchanges)),
+                   "pressure": (self.pressure and not sharded,
+                                lambda: self.external_pressure(module, exchanges, batch_index)),
+                   "gradients": (self.gradients and not sharded, lambda: self.gradient_alignment(module, exchanges)),
+                   "divergence": (self.divergence and not sharded, lambda: self.role_kl(module, exchanges))}
+        for name, (enabled, compute) in figures.items():
+            if enabled:
+                start = time.perf_counter()
+                out.update(compute())
+                self.seconds_by_figure[name] = self.seconds_by_figure.get(name, 0.0) + time.perf_counter() - start
         return out
+
+    def role_kl(self, module, exchanges) -> dict[str, float]:
+        kl = self.role_divergence(module, exchanges)
+        return {} if kl is None else {"diag/role_kl": kl}
 
     def attacks(self, exchanges):
         """The batch's played attacks on harmful seeds, judged: what pressure is measured on."""
@@ -175,15 +179,23 @@ class CollapseDiagnostics(L.Callback):
         return out
 
     def role_gradient(self, module, role: str, exchanges, params) -> list[torch.Tensor | None] | None:
-        """Gradient of ``role``'s training loss on up to ``probe_games`` of its turns, w.r.t. ``params``."""
-        mine = [e for e in exchanges if role in e.rewards and role in e.turns][: self.probe_games]
-        rollout = module.rollout_batch([role], mine) if mine else None
-        if rollout is None:
-            return None
+        """Gradient of ``role``'s training loss on up to ``probe_games`` of its turns, w.r.t. ``params``.
+
+        The turns, advantages and anchor log-probs are those of the role's latest update when the module kept
+        them (``module.last_rollouts``, rows of this batch); else they are computed from ``exchanges``."""
+        kept = exchanges is getattr(module, "last_exchanges", None)  # the batch the latest update trained on
+        rollout = module.last_rollouts.get(module.bank.adapter_for(role)) if kept else None
+        if rollout is None or role not in rollout.roles:
+            mine = [e for e in exchanges if role in e.rewards and role in e.turns][: self.probe_games]
+            rollout = module.rollout_batch([role], mine) if mine else None
+            if rollout is None:
+                return None
+        rows = [i for i, r in enumerate(rollout.roles) if r == role][: self.probe_games]
         cfg = module.algorithm
-        batch = build_scoring_batch(rollout.prompts, rollout.completions, module._pad_id(), module.device)
+        batch = build_scoring_batch([rollout.prompts[i] for i in rows], [rollout.completions[i] for i in rows],
+                                    module._pad_id(), module.device)
         t = batch.completion_ids.shape[1]
-        adv, ref = rollout.advantages[:, :t].to(module.device), rollout.ref_logp[:, :t].to(module.device)
+        adv, ref = (x[rows, :t].to(module.device) for x in (rollout.advantages, rollout.ref_logp))
         with module.bank.role(role) as model, module.bank.update_mode(), torch.enable_grad():
             logp, _ = completion_logprobs(model, batch, temperature=module.game.temperature)
             loss, _ = alg.objective(logp, logp.detach(), ref, adv, batch.completion_mask, None, cfg.kl_coef,
@@ -243,6 +255,7 @@ class CollapseDiagnostics(L.Callback):
         return {"every_n_batches": self.every_n_batches, "probe_games": self.probe_games, "probe": self.probe_name,
                 "metrics": metrics, "series": {k: [[i, v] for i, v in pts] for k, pts in self.series.items()},
                 "overhead": {"seconds": self.overhead_s, "train_seconds": train_seconds,
+                             "seconds_by_figure": dict(self.seconds_by_figure),
                              "fraction": self.overhead_s / train_seconds if train_seconds > 0 else 0.0}}
 
 

@@ -106,7 +106,7 @@ def run_compare(
     crossplay = json.loads((out_dir / "crossplay" / "crossplay.json").read_text(encoding="utf-8"))
 
     scalars = {m: read_scalars(out_dir / "runs" / m) for m in modes}
-    block = max(1, batches // 5)
+    block = max(diagnostics_every, batches // 5)  # a block holds at least one diagnostics point
     curves = {name: plot_runs(scalars, tags, block, out_dir / f"curves-{name}.png", f"{name} by mode").name
               for name, tags in CURVES.items()}
     report = {"format": COMPARE_FORMAT, "train_config": list(train_config), "batches": batches, "fit_args": list(fit_args),
@@ -238,6 +238,7 @@ def render_report(report: dict[str, Any], matrix_md: str) -> str:
               "| metric | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
     for tag in FINAL_METRICS:
         lines.append(f"| {tag} | " + " | ".join(fmt(report["modes"][m]["final"].get(tag)) for m in modes) + " |")
+    matrix_md = "\n".join(line for line in matrix_md.strip().splitlines() if not line.startswith("# "))
     lines += ["", "## Cross-play (held-out seeds; row = attacker, column = defender: attack success)", "", matrix_md.strip(), "",
               f"![cross-play]({Path('crossplay') / report['crossplay']['heatmap']})" if report["crossplay"]["heatmap"] else "",
               "", "## Curves", ""]

@@ -1,0 +1,212 @@
+"""GPU check: one full ABS step on random-init Qwen2.5-7B- and 14B-shaped bases with a colocated judge.
+
+    python tools/gpu_check.py                     # on a GPU: 7B then 14B, 64 games, 256 + 256 new tokens
+    python tools/gpu_check.py --tiny              # the same code path on a CPU, tiny shapes (a dry run)
+
+No weights can be downloaded where this runs, so every model is random-init with the published shapes
+(:func:`abspo.models.architecture_config`), in bfloat16, on one device; the tokenizer is SmolLM2's (from the
+abspo cache or ``--tokenizer``). The judge is a random-init WildGuard-shaped model (Mistral-7B: 32 layers,
+4096 hidden, 8 KV heads; the tokenizer's vocabulary) run through :class:`~abspo.judges.WildGuardJudge`, so its
+prompts, batching and generation cost are the real ones; its answers are noise, so each verdict it cannot parse
+is replaced by a label drawn from a hash of the exchange (:class:`CostOnlyLabels`) and both roles update.
+
+For each base it runs a warm-up step (8 games, 16 tokens: CUDA context, kernels), then one timed step of the
+configured size through the module's own ``play`` and ``learn`` (attacker rollouts, defender rollouts, judge,
+old/anchor log-probs, both roles' gradient passes and optimizer steps), and prints the step time by phase,
+rollout tokens per second and peak device memory next to the planner's estimate for the same settings
+(:mod:`abspo.planner`). ``--json PATH`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+from dataclasses import replace
+
+import torch
+
+from abspo.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.config import AlgorithmConfig, OptimizerConfig
+from abspo.data import SeedDataModule
+from abspo.game import GameConfig
+from abspo.judges.base import Judge, Verdict
+from abspo.models import BaseModel, architecture_config, load_tokenizer
+from abspo.module import SelfPlayModule
+from abspo.planner import Architecture, PlanInputs, plan_memory
+
+GIB = 2**30
+MODELS = {"7b": "Qwen/Qwen2.5-7B-Instruct", "14b": "Qwen/Qwen2.5-14B-Instruct"}
+MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=8, max_position_embeddings=32768)
+TINY_MISTRAL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=2048)
+
+
+class CostOnlyLabels(Judge):
+    """Run ``inner`` (the real cost) and keep its parsed labels; an unparsed field gets a label drawn from a hash
+    of the exchange, so that a random-init judge still lets every role update."""
+
+    def __init__(self, inner: Judge):
+        self.inner = inner
+
+    def judge_batch(self, prompts, responses, seed_harmful):
+        verdicts = self.inner.judge_batch(prompts, responses, seed_harmful)
+        out = []
+        for p, r, v in zip(prompts, responses, verdicts):
+            h = zlib.crc32(f"{p}\x00{r}".encode())
+            out.append(Verdict(v.prompt_harmful if v.prompt_harmful is not None else bool(h & 1),
+                               v.refusal if v.refusal is not None else bool(h & 2),
+                               v.response_harmful if v.response_harmful is not None else bool(h & 4)))
+        return out
+
+
+def random_model(config, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.requires_grad_(False).eval()
+
+
+def build_module(name: str, tokenizer, judge: Judge, device: str, dtype: torch.dtype, games: int, new_tokens: int,
+                 micro_batch: int, rank: int) -> SelfPlayModule:
+    """A SelfPlayModule on a random-init base of ``name``'s shapes (the module is built on the meta device, then
+    its bank is replaced by one on the random base)."""
+    config = architecture_config(name)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    spec = BankSpec(adapters={r: LoraSpec(r=rank, alpha=rank) for r in ("attacker", "defender")})
+    module = SelfPlayModule(  # a shell on the meta device (no memory); its bank is replaced below
+        base=BaseModel(name_or_path=MODELS["7b"]), bank=spec, judge=judge, meta_device=True,
+        optimizers={"attacker": OptimizerConfig(lr=1e-5), "defender": OptimizerConfig(lr=4e-5)},
+        game=GameConfig(max_new_tokens_attacker=new_tokens, max_new_tokens_defender=new_tokens, attacker_format="plain"),
+        algorithm=AlgorithmConfig(micro_batch_size=micro_batch))
+    base = random_model(config, device, dtype)
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    module.bank = AdapterBank(base, spec)
+    module.tokenizer = tokenizer
+    return module.to(device)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
+    """One batch through play and learn, timed by phase (the judge is timed inside play)."""
+    judge = module.judge
+    judge_time = [0.0]
+    inner_score = judge.score
+
+    def score(*args, **kwargs):
+        sync(device)
+        start = time.perf_counter()
+        out = inner_score(*args, **kwargs)
+        sync(device)
+        judge_time[0] += time.perf_counter() - start
+        return out
+
+    judge.score = score
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    module._generated_tokens = 0
+    sync(device)
+    start = time.perf_counter()
+    exchanges = module.play(seeds)
+    sync(device)
+    played = time.perf_counter()
+    stats = module.learn(exchanges, 0)
+    sync(device)
+    done = time.perf_counter()
+    judge.score = inner_score
+    rollout_s = played - start - judge_time[0]
+    return {"step_s": done - start, "rollouts_s": rollout_s, "judge_s": judge_time[0], "update_s": done - played,
+            "rollout_tokens_per_s": module._generated_tokens / max(rollout_s, 1e-9),
+            "generated_tokens": module._generated_tokens,
+            "peak_gib": torch.cuda.max_memory_allocated() / GIB if device.startswith("cuda") else float("nan"),
+            "updated": sorted(k for k in stats if k.endswith("/grad_norm"))}
+
+
+def planned_gib(name: str, tokenizer, games: int, new_tokens: int, micro_batch: int, rank: int,
+                judge_params: float) -> float:
+    config = architecture_config(name)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    inputs = PlanInputs(arch=Architecture.from_hf_config(config), base_dtype="bfloat16", lora_ranks=[rank, rank],
+                        games=games, new_tokens_attacker=new_tokens, new_tokens_defender=new_tokens,
+                        micro_batch_size=micro_batch, judge_params=judge_params)
+    return plan_memory(inputs).peak_bytes / GIB
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--games", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--no-judge", action="store_true", help="skip the colocated judge model")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: SmolLM2's, from the abspo cache)")
+    parser.add_argument("--tiny", action="store_true", help="CPU dry run with tiny shapes")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    else:
+        tokenizer = load_tokenizer(BaseModel())
+    names = ["tiny-qwen2"] if args.tiny else [MODELS[m] for m in args.models]
+    games, new_tokens = (8, 8) if args.tiny else (args.games, args.new_tokens)
+    judge, judge_params = None, 0.0
+    if not args.no_judge:
+        from transformers import AutoConfig
+
+        from abspo.judges import WildGuardJudge
+
+        shape = TINY_MISTRAL if args.tiny else MISTRAL_7B
+        judge_model = random_model(AutoConfig.for_model("mistral", vocab_size=len(tokenizer), **shape), device, dtype)
+        judge_params = sum(p.numel() for p in judge_model.parameters())
+        judge = CostOnlyLabels(WildGuardJudge(judge_model, tokenizer, batch_size=32, max_new_tokens=32))
+    else:
+        from abspo.judges import HeuristicJudge
+
+        judge = HeuristicJudge()
+    data = SeedDataModule(batch_size=games)
+    data.setup()
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch, args.rank)
+        built = time.perf_counter() - start
+        warm = replace(module.game, max_new_tokens_attacker=16, max_new_tokens_defender=16)
+        full, module.game = module.game, warm
+        timed_step(module, data.stream.batch(0).seeds[:8], device)
+        module.game = full
+        figures = timed_step(module, data.stream.batch(1).seeds, device)
+        figures.update(model=name, games=games, new_tokens=new_tokens, micro_batch=args.micro_batch, rank=args.rank,
+                       build_s=built, judge_params=judge_params,
+                       planned_gib=planned_gib(name, tokenizer, games, new_tokens, args.micro_batch, args.rank,
+                                               judge_params))
+        rows.append(figures)
+        print(f"{name}: step {figures['step_s']:.1f} s (rollouts {figures['rollouts_s']:.1f}, judge "
+              f"{figures['judge_s']:.1f}, update {figures['update_s']:.1f}); {figures['rollout_tokens_per_s']:.0f} "
+              f"rollout tokens/s; peak {figures['peak_gib']:.1f} GiB, planned {figures['planned_gib']:.1f} GiB; "
+              f"updated {figures['updated']}; built in {built:.0f} s", flush=True)
+        del module
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
