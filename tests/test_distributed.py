@@ -113,10 +113,13 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_path, tiny_folder):
-    """Sharded, the base built on the meta device and filled shard by shard from its safetensors file, with a
-    stop and a resume half-way: the adapters of an uninterrupted 1-process run on the same base."""
+    """Sharded, the base built on the meta device and filled shard by shard from its safetensors file, stopped
+    after each of 3 batches and resumed on another process count each time (2, then 1, then 2 processes:
+    torch.distributed.checkpoint reshards the adapters and optimizer states on load): the adapters of an
+    uninterrupted 1-process run on the same base."""
     base = ["--model.base.name_or_path", str(tiny_folder)]
-    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "one", *base])
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "one", *base,
+              "--trainer.max_steps", "6"])
     sharded = ["--config", "configs/tiny-fsdp2.yaml", "--run.output_root", str(tmp_path), "--run.name", "run", *base,
                "--model.base.init_on_meta", "true"]
     fit(*sharded, "--trainer.max_steps", "2")
@@ -127,7 +130,8 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     tensors = [k for k in saved if k.startswith("state_dict.")]
     assert tensors and all(".lora_" in k for k in tensors), "adapter shards only, never the base"
-    fit(*sharded, "--ckpt_path", "last")
+    fit(*sharded, "--trainer.devices", "1", "--trainer.max_steps", "4", "--ckpt_path", "last")  # 2 -> 1 process
+    fit(*sharded, "--trainer.max_steps", "6", "--ckpt_path", "last")  # 1 -> 2 processes
     assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
     # One process reads the final sharded checkpoint whole (what `abspo test --ckpt_path last` evaluates): the
     # adapters it holds are the ones the run exported.
