@@ -133,6 +133,13 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     fit(*sharded, "--trainer.devices", "1", "--trainer.max_steps", "4", "--ckpt_path", "last")  # 2 -> 1 process
     fit(*sharded, "--trainer.max_steps", "6", "--ckpt_path", "last")  # 1 -> 2 processes
     assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
+    # Without FSDP2 the optimizer shards cannot be loaded: one clear line, and the checkpoint is left as it was.
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    proc = subprocess.run([ABSPO, "fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path),
+                           "--run.name", "run", *base, "--trainer.max_steps", "8", "--ckpt_path", "last"],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2 and "FSDP2Strategy" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
     # One process reads the final sharded checkpoint whole (what `abspo test --ckpt_path last` evaluates): the
     # adapters it holds are the ones the run exported.
     from abspo.cli import _read_sharded_checkpoint

@@ -136,7 +136,15 @@ class AbspoCLI(LightningCLI):
                                   "resume it with --ckpt_path last, pick another --run.name, "
                                   "or pass --run.overwrite true to replace it")
             return
-        self.model.check_checkpoint(self._take_checkpoint(ckpt))
+        checkpoint = self._take_checkpoint(ckpt)
+        from abspo.strategies import FSDP2Strategy
+
+        if checkpoint.get(SHARDED_KEY) and not isinstance(self.trainer.strategy, FSDP2Strategy):
+            raise ConfigError("--ckpt_path", "the checkpoint is a sharded (FSDP2) folder, and this run's strategy is "
+                              f"{type(self.trainer.strategy).__name__}", "resume it with trainer.strategy: "
+                              "{class_path: abspo.strategies.FSDP2Strategy} on any number of processes "
+                              "(--trainer.devices 1 included)")
+        self.model.check_checkpoint(checkpoint)
 
     def _parse_ckpt_path(self) -> None:
         """Read a --ckpt_path checkpoint file once, early, with one clear line on failure; take no hyperparameters.
@@ -256,6 +264,7 @@ _EXPECTED_WARNINGS = (
     r".*litlogger.*",
     r".*LeafSpec.*",
     r".*is_gradient_checkpointing.*",  # raised inside transformers by PEFT
+    r".*torch.distributed is disabled, unavailable or uninitialized.*",  # a sharded checkpoint read in one process
 )
 
 
@@ -319,7 +328,12 @@ def _read_sharded_checkpoint(path: Path) -> dict:
         raise ConfigError("--ckpt_path", f"{path} is not a readable sharded checkpoint folder ({type(err).__name__})",
                           "point it at a checkpoint written by abspo") from None
     checkpoint["state_dict"] = tensors
+    checkpoint[SHARDED_KEY] = True
     return checkpoint
+
+
+SHARDED_KEY = "abspo_read_from_shards"
+"""Marks a checkpoint read whole from a sharded folder (by :func:`_read_sharded_checkpoint`, never saved)."""
 
 
 def _progress_lines() -> None:
