@@ -138,3 +138,20 @@ def test_export_recovers_from_a_leftover_of_a_killed_export(tmp_path):
     (leftover / "adapter_model.safetensors").write_bytes(b"stale")
     bank.export("defender", target)
     assert (target / "adapter_model.safetensors").is_file() and not leftover.exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_exports_get_the_permissions_the_umask_gives_ordinary_files(tmp_path, mask):
+    """Shared clusters: a teammate must be able to read an export (mkdtemp alone would make it 0700)."""
+    import os
+    import stat
+
+    bank, _ = tiny_bank()
+    old = os.umask(mask)
+    try:
+        folder = bank.export("defender", tmp_path / "defender")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name

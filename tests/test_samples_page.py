@@ -93,6 +93,15 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     atomic_write(target, "old")
     atomic_write(target, b"new")
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["page.html"]
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(target, "newer")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640, "the umask's permissions, not mkstemp's private 0600"
 
 
 def test_records_page_escapes_every_field_and_folds_reasoning():

@@ -15,14 +15,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to a temporary file beside ``path`` and rename it into place."""
+    """Write ``data`` (text as UTF-8) to a temporary file beside ``path`` and rename it into place, with the
+    permissions the umask gives an ordinary file (a temporary file is created private, 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -41,7 +50,10 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # an ordinary folder, not mkdtemp's private 0700: teammates read exports
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create their files private, 0600
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
             shutil.rmtree(old)
