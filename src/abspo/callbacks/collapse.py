@@ -153,7 +153,7 @@ class CollapseDiagnostics(L.Callback):
 
     def gradient_alignment(self, module, exchanges) -> dict[str, float]:
         bank = module.bank
-        shared = [id(p) for p in bank.role_parameters("attacker")] == [id(p) for p in bank.role_parameters("defender")]
+        shared = roles_share_weights(bank)
         name, probe = probe_tensor(bank)
         self.probe_name = name
         shared_params = list(bank.role_parameters("attacker")) if shared else []
@@ -205,7 +205,7 @@ class CollapseDiagnostics(L.Callback):
     @torch.no_grad()
     def role_divergence(self, module, exchanges) -> float | None:
         bank = module.bank
-        if [id(p) for p in bank.role_parameters("attacker")] == [id(p) for p in bank.role_parameters("defender")]:
+        if roles_share_weights(bank):
             return 0.0  # the same weights on the same context: the same distribution
         turns = [e.turns["defender"] for e in exchanges if "defender" in e.turns][: self.probe_games]
         if not turns:
@@ -257,6 +257,11 @@ class CollapseDiagnostics(L.Callback):
                 "overhead": {"seconds": self.overhead_s, "train_seconds": train_seconds,
                              "seconds_by_figure": dict(self.seconds_by_figure),
                              "fraction": self.overhead_s / train_seconds if train_seconds > 0 else 0.0}}
+
+
+def roles_share_weights(bank) -> bool:
+    """Both roles train the same parameters (the shared modes)."""
+    return bank.adapter_for("attacker") == bank.adapter_for("defender")
 
 
 def probe_tensor(bank) -> tuple[str, torch.nn.Parameter]:
