@@ -145,3 +145,25 @@ class LoggingConfig:
     check_replicas_every_n_batches: int = 10
     """Data parallel: every N batches, check that all processes hold the same adapters (a checksum each; 0: never)."""
     extra: dict = field(default_factory=dict)
+
+
+def stacked_config_files(paths: list[str], key: str = "--config") -> dict:
+    """The YAML files ``abspo fit --config a.yaml --config b.yaml`` would read, merged in order (later keys
+    override, nested sections merge): what tools that plan or drive a run read without starting one."""
+    import yaml
+
+    def merge(into: dict, new: dict) -> dict:
+        for k, v in new.items():
+            into[k] = merge(dict(into.get(k) or {}), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+        return into
+
+    out: dict = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                merge(out, yaml.safe_load(fh) or {})
+        except OSError as err:
+            raise ConfigError(key, f"cannot read {path} ({err.strerror})", "pass a training config file") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(key, f"{path} is not valid YAML ({str(err).splitlines()[0]})", "fix the file") from None
+    return out

@@ -28,8 +28,7 @@ from torch import nn
 from abspo.atomic import atomic_folder
 from abspo.bank import ROLES, checkpoint_decoder_layers, gradient_pass_mode, write_role_file
 from abspo.errors import ConfigError
-
-SHARED = "shared"
+from abspo.modes import SHARED
 
 
 class _Spec:

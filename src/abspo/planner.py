@@ -260,33 +260,13 @@ def architecture(name_or_path: str) -> Architecture:
     return Architecture.from_hf_config(architecture_config(name_or_path))
 
 
-def _merged(paths: list[str]) -> dict:
-    import yaml
-
-    from abspo.errors import ConfigError
-
-    def merge(into: dict, new: dict) -> dict:
-        for k, v in new.items():
-            into[k] = merge(dict(into.get(k) or {}), v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
-        return into
-
-    out: dict = {}
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                merge(out, yaml.safe_load(fh) or {})
-        except OSError as err:
-            raise ConfigError("--config", f"cannot read {path} ({err.strerror})", "pass a training config file") from None
-    return out
-
-
 def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     """PlanInputs of the run ``abspo fit --config paths...`` would start, with ``overrides`` (devices, ...)."""
-    from abspo.config import AlgorithmConfig
+    from abspo.config import AlgorithmConfig, stacked_config_files
     from abspo.game import GameConfig
     from abspo.models import BaseModel
 
-    cfg = _merged(paths)
+    cfg = stacked_config_files(paths)
     trainer, model, data = cfg.get("trainer") or {}, cfg.get("model") or {}, cfg.get("data") or {}
     base = {**BaseModel().__dict__, **(model.get("base") or {})}
     adapters = ((model.get("bank") or {}).get("adapters")) or {"attacker": {}, "defender": {}}

@@ -18,9 +18,9 @@ mode it had not finished.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +31,7 @@ from typing import Any
 
 from abspo.atomic import atomic_write
 from abspo.bank import saved_adapter_shapes
+from abspo.config import stacked_config_files
 from abspo.errors import ConfigError
 from abspo.evaluation.crossplay import CrossplayProtocol
 from abspo.evaluation.curves import plot_runs, read_scalars
@@ -88,7 +89,7 @@ def run_compare(
         if not Path(path).is_file():
             raise ConfigError(f"train_config[{i}]", f"config file {path!r} does not exist", "give a training YAML, e.g. configs/smollm2-cpu.yaml")
     protocol.validate()
-    model_cfg = merged_model_section(train_config)
+    model_cfg = stacked_config_files(train_config, "train_config").get("model") or {}
     out_dir = Path(out)
     runs: dict[str, dict[str, Any]] = {}
     for mode in modes:
@@ -118,27 +119,6 @@ def run_compare(
     atomic_write(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write(out_dir / "report.md", render_report(report, (out_dir / "crossplay" / "matrix.md").read_text(encoding="utf-8")))
     return report
-
-
-def merged_model_section(configs: list[str]) -> dict[str, Any]:
-    """The ``model`` section of the configs merged in order (later keys override), as ``abspo fit`` reads them."""
-    import yaml
-
-    merged: dict[str, Any] = {}
-    for path in configs:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(path, f"not valid YAML ({str(err).splitlines()[0]})", "fix the file") from None
-        merged = _merge(merged, data.get("model") or {})
-    return merged
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def train_mode(out_dir: Path, mode: str, configs: list[str], batches: int, every: int, fit_args: list[str],
@@ -192,17 +172,10 @@ def trainable_params(adapters: Path) -> int:
         if is_model_folder(role_dir):
             for f in role_dir.glob("*.safetensors"):
                 with safe_open(str(f), framework="pt") as fh:
-                    total += sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+                    total += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
         else:
-            total += sum(_numel(s) for s in saved_adapter_shapes(role_dir, str(role_dir)).values())
+            total += sum(math.prod(s) for s in saved_adapter_shapes(role_dir, str(role_dir)).values())
     return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def final_means(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
