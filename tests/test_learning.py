@@ -91,10 +91,13 @@ def bandit_round(module: SelfPlayModule, roles: list[str], target: int, index: i
     for role in roles:
         with module.bank.role(role) as model:
             gen = generate(model, module.tokenizer, [p for p in PROMPTS for _ in range(k)], MAX_NEW,
-                           temperature=module.game.temperature)
+                           temperature=module.game.temperature,
+                           return_logprobs=module.old_logprobs_source == "sampler")
         for i, (p, c) in enumerate(zip(gen.prompt_ids, gen.completion_ids)):
             e = Exchange(seed=PROMPTS[i // k], seed_harmful=True, revised=True, group=i // k)
             e.turns[role] = (p, c)
+            if gen.sampled_logprobs is not None:
+                e.sampled_logprobs[role] = gen.sampled_logprobs[i]
             e.rewards[role] = sign * float(sum(t == target for t in c))
             exchanges.append(e)
     return module.learn(exchanges, index)
@@ -111,6 +114,7 @@ def train(module: SelfPlayModule, roles: list[str], rounds: int = 5, sign: float
 ALGORITHMS = {
     "reinforce_pp": AlgorithmConfig(),
     "reinforce_pp-loss_k3": AlgorithmConfig(kl_mode="loss_k3"),
+    "reinforce_pp-sampler_old_logprobs": AlgorithmConfig(old_logprobs="sampler"),
     "reinforce_pp-epochs2": AlgorithmConfig(update_epochs=2, clip_eps=0.2, micro_batch_size=3),
     "grpo": AlgorithmConfig(estimator="grpo", group_size=4),
     "grpo-loss_k3-epochs2": AlgorithmConfig(estimator="grpo", group_size=4, kl_mode="loss_k3", update_epochs=2),

@@ -16,7 +16,8 @@ GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
 
 def make(judge, **kwargs) -> SelfPlayModule:
     kwargs.setdefault("optimizers", {"attacker": OptimizerConfig(lr=1e-2), "defender": OptimizerConfig(lr=1e-2)})
-    return SelfPlayModule(base=TINY, judge=judge, game=GAME, **kwargs)
+    kwargs.setdefault("base", TINY)
+    return SelfPlayModule(judge=judge, game=GAME, **kwargs)
 
 
 def snapshot(module: SelfPlayModule, adapter: str) -> list[torch.Tensor]:
@@ -271,3 +272,91 @@ def test_activation_checkpointing_recomputes_layers_and_leaves_the_update_unchan
     a, b = plain.bank.adapter_state_dict(), ckpt.bank.adapter_state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert not ckpt.bank.model.get_base_model().model.layers[0].self_attn.training, "sub-modules stay in eval mode"
+
+
+# -- the lean update: no pass it does not need, the same gradient ------------------------------------------------
+LEAN = [AlgorithmConfig(kl_mode="loss_k3", kl_coef=0.1),
+        AlgorithmConfig(estimator="grpo", group_size=2, kl_coef=0.1),
+        AlgorithmConfig(estimator="grpo", group_size=2, kl_mode="loss_k3", kl_coef=0.1)]
+
+
+def role_gradient(module: SelfPlayModule, exchanges, role: str) -> tuple[list[torch.Tensor], dict]:
+    """The defender's gradient and stats from one rollout batch and gradient pass (no optimizer step)."""
+    rollout = module.rollout_batch([role], exchanges)
+    stats = {**rollout.stats, **module.gradient_pass(role, [role], rollout)}
+    grads = [p.grad.clone() for p in module.bank.adapter_parameters(role)]
+    for p in module.bank.adapter_parameters(role):
+        p.grad = None
+    return grads, stats
+
+
+@pytest.mark.parametrize("algorithm", LEAN, ids=["reinforce_pp-loss_k3", "grpo-reward_k1", "grpo-loss_k3"])
+def test_the_update_without_an_old_logprob_pass_equals_the_one_with_it(judge, monkeypatch, algorithm):
+    """With one epoch the old log-probs are the gradient pass's own: skipping their pass (and, for GRPO, adding
+    the k1 penalty in the gradient pass) changes neither the gradient nor the KL figure, only the passes run."""
+    from tests.conftest import perturb
+
+    module = make(judge, algorithm=algorithm)
+    perturb(module.bank.adapter_parameters("defender"), seed=3, scale=0.05)  # a role away from its anchor
+    exchanges = scored_exchanges(module, {"defender": [6, 2, 9, 4, 1, 7]}, [1.0, -1.0, 0.5, 0.0, 2.0, -0.5])
+    assert module.old_logprobs_source == "gradient_pass"
+    lean, lean_stats = role_gradient(module, exchanges, "defender")
+    assert "score/old" not in module.clock.take(), "no separate forward for the old log-probs"
+    monkeypatch.setattr(SelfPlayModule, "old_logprobs_source", property(lambda self: "recompute"))
+    full, full_stats = role_gradient(module, exchanges, "defender")
+    assert "score/old" in module.clock.take()
+    assert full_stats["defender/kl"] > 1e-4, "the perturbed role is away from the anchor"
+    assert lean_stats["defender/kl"] == pytest.approx(full_stats["defender/kl"], rel=1e-5)
+    assert lean_stats["loss"] == pytest.approx(full_stats["loss"], rel=1e-5, abs=1e-7)
+    for a, b in zip(lean, full):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_sampler_logprobs_stand_in_for_a_recompute_in_float32(judge, seeds):
+    """``old_logprobs: sampler`` skips the old pass and gives the recompute's gradient up to the sampler's
+    rounding (float32: ~1e-5 per token)."""
+    module = make(judge, algorithm=AlgorithmConfig(old_logprobs="sampler", kl_coef=0.5))
+    from tests.conftest import perturb
+
+    perturb(module.bank.adapter_parameters("defender"), seed=4, scale=0.05)
+    _, _ = step(module, seeds, 0, roles=[])
+    exchanges = module.play(seeds.batch(1).seeds, batch_index=1)
+    assert all(len(e.sampled_logprobs["defender"]) == len(e.turns["defender"][1]) for e in exchanges
+               if "defender" in e.turns)
+    module.clock.take()
+    lean, lean_stats = role_gradient(module, exchanges, "defender")
+    assert "score/old" not in module.clock.take()
+    module.algorithm.old_logprobs = "recompute"
+    full, full_stats = role_gradient(module, exchanges, "defender")
+    assert lean_stats["defender/kl"] == pytest.approx(full_stats["defender/kl"], rel=1e-3)
+    for a, b in zip(lean, full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_sampler_logprobs_are_refused_where_they_would_be_wrong(judge):
+    from abspo.errors import ConfigError
+    from abspo.models import BaseModel
+
+    with pytest.raises(ConfigError, match="model.algorithm.old_logprobs"):  # the PPO ratio needs the exact ones
+        make(judge, algorithm=AlgorithmConfig(old_logprobs="sampler", update_epochs=2))
+    with pytest.raises(ConfigError, match="float32"):  # bf16 sampler log-probs are off by ~0.04 per token
+        make(judge, base=BaseModel(name_or_path="tiny-qwen2", dtype="bfloat16"),
+             algorithm=AlgorithmConfig(old_logprobs="sampler"))
+
+
+@pytest.mark.parametrize("algorithm", [AlgorithmConfig(kl_coef=0.1), LEAN[1]], ids=["reinforce_pp", "grpo"])
+def test_the_gradient_does_not_depend_on_the_micro_batch_size(judge, algorithm):
+    """Rows of very different lengths, sorted and cut into micro-batches of 1, 3 or all: one gradient."""
+    from tests.conftest import perturb
+
+    grads = []
+    for mb in (1, 3, 16):
+        algorithm.micro_batch_size = mb
+        module = make(judge, algorithm=algorithm)
+        perturb(module.bank.adapter_parameters("defender"), seed=5, scale=0.05)
+        exchanges = scored_exchanges(module, {"defender": [11, 1, 5, 2, 8, 3, 14]},
+                                     [1.0, -1.0, 0.5, 0.0, 2.0, -0.5, 1.5])
+        grads.append(role_gradient(module, exchanges, "defender")[0])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

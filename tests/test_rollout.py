@@ -116,3 +116,33 @@ def test_keyed_samples_do_not_depend_on_the_batch_they_are_drawn_in(tiny_base):
     assert together[:3][::-1] == alone
     other = generate(model, tok, PROMPTS, 10, temperature=1.0, keys=[1, 2, 3]).completion_ids
     assert other != alone, "other keys, other samples"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 9)])
+def test_token_logprobs_match_the_plain_formula_in_value_entropy_and_gradient(monkeypatch, dtype, temperature, shape):
+    """The chunked log-softmax equals ``log_softmax(logits.float() / T)[token]`` with its gradient, whatever the
+    chunking (a chunk size that does not divide the rows, and one larger than them)."""
+    from abspo import rollout
+
+    vocab = 37
+    torch.manual_seed(sum(shape))
+    raw = (torch.randn(*shape, vocab) * 4).to(dtype)
+    tokens = torch.randint(0, vocab, shape)
+    weights = torch.randn(shape)  # a loss that weighs positions differently, so the gradient is not symmetric
+    plain_in = raw.clone().requires_grad_(True)
+    x = plain_in.float() / temperature
+    plain_logp = x.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    plain_entropy = -(x.softmax(-1) * x.log_softmax(-1)).sum(-1)
+    (plain_logp * weights).sum().backward()
+    for chunk in (2, 1000):
+        monkeypatch.setattr(rollout, "ROWS_PER_CHUNK", chunk)
+        mine_in = raw.clone().requires_grad_(True)
+        logp, entropy = rollout.token_logprobs(mine_in, tokens, temperature)
+        (logp * weights).sum().backward()
+        assert logp.dtype == torch.float32 and logp.shape == shape
+        torch.testing.assert_close(logp, plain_logp.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(entropy, plain_entropy.detach(), atol=1e-4, rtol=1e-5)
+        tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the gradient is rounded to the logits' dtype
+        torch.testing.assert_close(mine_in.grad.float(), plain_in.grad.float(), atol=tol, rtol=tol)

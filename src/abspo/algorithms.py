@@ -73,6 +73,12 @@ def reward_to_go(token_rewards: Tensor, mask: Tensor) -> Tensor:
     return (token_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask
 
 
+def kl_penalty_to_go(kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """[B, T] the k1 KL penalty's share of each token's advantage: ``-kl_coef`` times its reward-to-go. Per
+    sequence (no batch statistic), so it can be added to GRPO's task advantages wherever ``kl`` is known."""
+    return -kl_coef * reward_to_go(kl, mask)
+
+
 def reinforce_pp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """Un-normalised REINFORCE++ returns [B, T]: reward-to-go of (-kl_coef * kl per token + reward at the end)."""
     mask = mask.to(kl.dtype)
@@ -150,7 +156,7 @@ def advantages(
         if groups is None:
             raise ValueError("grpo needs the group of every sequence")
         task = grpo_advantages(rewards, groups).to(kl.dtype)
-        return (task.unsqueeze(-1) - kl_coef * reward_to_go(kl, mask)) * mask
+        return (task.unsqueeze(-1) + kl_penalty_to_go(kl, mask, kl_coef)) * mask
     if estimator == "reinforce_pp":
         seq = normalize_rewards(rewards, reduce=reduce) if normalize_rewards_first else rewards
         return reinforce_pp_advantages(seq, kl, mask, kl_coef, reduce)

@@ -37,7 +37,15 @@ class AlgorithmConfig:
     clip_eps: float = 0.2
     """PPO ratio clip range, used when update_epochs > 1 (with one pass the ratio is exactly 1)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward pass; gradients of a batch are accumulated over its micro-batches."""
+    """Sequences per forward/backward pass; gradients of a batch are accumulated over its micro-batches (rows
+    sorted by length first, so that a micro-batch pads to the length of similar rows)."""
+    old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    """Where the log-probs under the role that sampled a turn come from, when the update needs them before its
+    gradient pass (REINFORCE++ with kl_mode reward_k1, or update_epochs > 1; otherwise no pass computes them: the
+    gradient pass's own detached log-probs are the same numbers). recompute: a no-gradient forward of the role
+    over the turns (exact). sampler: the log-probs the sampler drew each token with, recorded during the rollout
+    (saves that forward; in float32 they differ from a recompute by ~1e-5 per token, measured on SmolLM2, but in
+    bfloat16 by ~0.04, so only a float32 base may use it, and only with one update epoch)."""
     accumulate_batches: int = 1
     """Batches of games whose gradients are summed before each optimizer step of a role."""
     max_grad_norm: float | None = 1.0
@@ -54,11 +62,39 @@ class AlgorithmConfig:
         for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.algorithm.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
+        if self.old_logprobs == "sampler" and self.update_epochs > 1:
+            raise ConfigError("model.algorithm.old_logprobs", "sampler log-probs cannot be the PPO ratio's denominator "
+                              f"(update_epochs={self.update_epochs}): they differ from a recompute by rounding, so the "
+                              "first pass's ratio would not be exactly 1", "use old_logprobs: recompute")
         if self.update_epochs > 1 and self.accumulate_batches > 1:
             # Accumulating over batches means one step per k batches; several passes mean several steps per batch.
             raise ConfigError("model.algorithm.update_epochs", f"update_epochs={self.update_epochs} (a step per pass) "
                               f"cannot be combined with accumulate_batches={self.accumulate_batches} (a step per "
                               f"{self.accumulate_batches} batches)", "set one of them to 1")
+
+
+@dataclass
+class GuardConfig:
+    """What stops a run that can no longer learn, instead of letting it train on nothing for hours."""
+
+    max_consecutive_nonfinite: int = 3
+    """A role update whose loss or gradient is not finite (NaN, inf) is skipped: the adapter and its optimizer
+    state stay as they were (logged as <role>/skipped_nonfinite). This many in a row for one adapter stop the run,
+    whose last.ckpt then holds the weights from before the first of them."""
+    max_unlabelled_share: float = 0.8
+    """Stop when more than this share of the exchanges sent to the judge over the last unlabelled_window batches
+    came back unlabelled (a dead or failing judge server: RemoteJudge turns every failure into no label). 1.0:
+    never stop."""
+    unlabelled_window: int = 10
+    """Batches over which max_unlabelled_share is measured."""
+
+    def validate(self) -> None:
+        for key in ("max_consecutive_nonfinite", "unlabelled_window"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.guards.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
+        if not 0.0 < self.max_unlabelled_share <= 1.0:
+            raise ConfigError("model.guards.max_unlabelled_share", f"must be in (0, 1], got {self.max_unlabelled_share}",
+                              "use e.g. 0.8, or 1.0 to never stop")
 
 
 @dataclass

@@ -161,6 +161,8 @@ class Exchange:
     the same whichever process plays it."""
     turns: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     """role -> (prompt token ids, completion token ids) of the turn it played."""
+    sampled_logprobs: dict[str, list[float]] = field(default_factory=dict)
+    """role -> log-prob of each completion token as the sampler drew it (only with algorithm.old_logprobs: sampler)."""
 
 
 def attacker_instruction(cfg: GameConfig, seed: str, harmful: bool) -> str:

@@ -8,9 +8,15 @@ The step, in order:
 2. **Judge.** The judge labels every exchange; rewards come from the reward table. Exchanges with an
    unlabelled field are dropped from the update and counted.
 3. **Update.** For each role due this batch (see :class:`~abspo.config.ScheduleConfig`): log-probs of its
-   completions under the role and under the anchor (adapters off), advantages (REINFORCE++ or GRPO) with
-   the KL penalty, the token-level policy loss, ``manual_backward`` over micro-batches, clipping, and that
-   role's own optimizer step. Roles mapped to one adapter (the shared baseline) are updated together.
+   completions under the anchor (adapters off) and, where the advantages need them before the gradient pass,
+   under the role; advantages (REINFORCE++ or GRPO) with the KL penalty, the token-level policy loss,
+   ``manual_backward`` over length-sorted micro-batches, clipping, and that role's own optimizer step. Roles
+   mapped to one adapter (the shared baseline) are updated together.
+
+The update runs no forward pass it does not need (:attr:`SelfPlayModule.old_logprobs_source`): with one epoch the
+"old" log-probs equal the gradient pass's own, detached, so they get a pass of their own only where they must be
+known before it (REINFORCE++'s batch whitening of a k1 KL reward), or come from the sampler
+(``algorithm.old_logprobs: sampler``). Every phase is timed (:mod:`abspo.timing`, ``perf/<phase>_s``).
 
 ``trainer.max_steps`` counts optimizer steps, as Lightning does under manual optimization: in
 ``alternate`` mode each batch makes one step per adapter (two for ABS), in ``phases`` mode one. So
@@ -30,6 +36,7 @@ it belongs to so a mismatched resume fails with a clear message.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import zlib
@@ -41,7 +48,8 @@ import torch
 
 from abspo import algorithms as alg
 from abspo.bank import ROLES, AdapterBank, BankSpec
-from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
+from abspo.config import (AlgorithmConfig, GuardConfig, LoggingConfig, OptimizerConfig, ScheduleConfig,
+                          default_optimizers)
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
 from abspo.full_policy import FullPolicy
@@ -56,6 +64,11 @@ from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
 from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
 from abspo.step_logging import log_batch_metrics
+from abspo.timing import PhaseClock
+from abspo.vllm_rollouts import RolloutConfig, VLLMRollouts, engine_class
+
+BUILTIN_RANDOM = {"tiny-qwen2"}
+"""Built-in bases initialised at random (no weight files): an engine gets the name, and builds the same weights."""
 
 CHECKPOINT_FORMAT = 1
 
@@ -68,8 +81,9 @@ class RolloutBatch:
     completions: list[list[int]]
     advantages: torch.Tensor
     """[N, T] per-token advantages (zero on padding)."""
-    old_logp: torch.Tensor
-    """[N, T] log-probs under the role that sampled the turn (the PPO ratio's denominator)."""
+    old_logp: torch.Tensor | None
+    """[N, T] log-probs under the role that sampled the turn (the PPO ratio's denominator); None when the gradient
+    pass takes its own detached log-probs instead (one epoch, nothing needed them before it)."""
     ref_logp: torch.Tensor
     """[N, T] log-probs under the anchor."""
     stats: dict[str, float]
@@ -93,6 +107,8 @@ class SelfPlayModule(L.LightningModule):
         logging: LoggingConfig | None = None,
         meta_device: bool = False,
         mode: Mode = "bipolicy",
+        guards: GuardConfig | None = None,
+        rollout: RolloutConfig | None = None,
     ):
         """
         Args:
@@ -111,6 +127,8 @@ class SelfPlayModule(L.LightningModule):
             mode: Who holds each role's trainable weights: bipolicy (ABS: a LoRA adapter per role), shared_lora
                 (one adapter plays both roles) or shared_full (one fully trained policy, anchored to a frozen
                 copy of the base). A config written for bipolicy runs in the shared modes as it is (abspo.modes).
+            guards: When a run that can no longer learn stops (non-finite updates, a judge that labels nothing).
+            rollout: Which engine samples the turns: Hugging Face generate (default) or vLLM (abspo.vllm_rollouts).
         """
         super().__init__()
         self.automatic_optimization = False
@@ -122,6 +140,10 @@ class SelfPlayModule(L.LightningModule):
         self.algorithm = algorithm or AlgorithmConfig()
         self.schedule = schedule or ScheduleConfig()
         self.logging_cfg = logging or LoggingConfig()
+        self.guards = guards or GuardConfig()
+        self.guards.validate()
+        self.rollout_cfg = rollout or RolloutConfig()
+        self._engine: VLLMRollouts | None = None  # built at the first vLLM rollout
         self.reward_table = resolve_table(reward_table)
         self.algorithm.validate()
         self.schedule.validate()
@@ -134,6 +156,19 @@ class SelfPlayModule(L.LightningModule):
             if adapter not in self.optim_cfg:
                 raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
                                   f"add `{adapter}: {{lr: 1e-4}}` under model.optimizers")
+        if self.rollout_cfg.backend == "vllm" and self.algorithm.old_logprobs == "sampler":
+            raise ConfigError("model.algorithm.old_logprobs", "the vLLM backend's sampling log-probs come from other "
+                              "kernels than the trainer's forward", "use old_logprobs: recompute")
+        if self.rollout_cfg.backend == "vllm":
+            engine_class(self.rollout_cfg.vllm)  # not installed: say so now, not at the first rollout
+        if self.rollout_cfg.backend == "vllm" and mode == "shared_full":
+            raise ConfigError("model.rollout.backend", "the vLLM backend serves LoRA adapters on a frozen base; "
+                              "shared_full trains the whole model, which would need a full-weight sync every step",
+                              "use model.rollout.backend: hf with shared_full")
+        if self.algorithm.old_logprobs == "sampler" and self.base_cfg.dtype != "float32":
+            raise ConfigError("model.algorithm.old_logprobs", f"sampler log-probs with a {self.base_cfg.dtype} base "
+                              "differ from a recompute by ~0.04 per token (measured on SmolLM2), more than the KL "
+                              "they feed", "use old_logprobs: recompute, or model.base.dtype: float32")
         if not self.game.temperature > 0:
             raise ConfigError("model.game.temperature", f"training samples with a positive temperature, got "
                               f"{self.game.temperature}", "use e.g. 1.0 or 0.7 (the update scores at the same temperature)")
@@ -171,6 +206,10 @@ class SelfPlayModule(L.LightningModule):
         self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
         self.last_rollouts: dict[str, RolloutBatch] = {}  # adapter -> the rollout batch of its latest update
         self._sharded = False  # FSDP2 applied (configure_model): every process must run the same forwards
+        self.clock = PhaseClock()  # seconds per phase of the current step (perf/<phase>_s)
+        self._nonfinite_streak = defaultdict(int)  # adapter -> updates skipped in a row for a non-finite loss/grad
+        self._judged = []  # (exchanges sent to the judge, of which unlabelled) of the latest batches
+        self.stop_reason: str | None = None  # set by a guard; the trainer stops after the batch
 
     # -- setup ------------------------------------------------------------------------------------
     @property
@@ -199,6 +238,10 @@ class SelfPlayModule(L.LightningModule):
         if self.base_cfg.init_on_meta and not isinstance(strategy, FSDP2Strategy):
             raise ConfigError("model.base.init_on_meta", "only FSDP2 loads a base built on the meta device (each "
                               "process its own shards)", "set init_on_meta: false, or use abspo.strategies.FSDP2Strategy")
+        if self.rollout_cfg.backend == "vllm" and self.trainer.world_size > 1:
+            raise ConfigError("model.rollout.backend", "the vLLM backend runs in one process (one engine beside the "
+                              f"trainer), this run has {self.trainer.world_size}", "use model.rollout.backend: hf "
+                              "with several processes")
         if isinstance(strategy, FSDP2Strategy) and self.mode == "shared_full":
             raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
                               "frozen reference copy are not sharded)",
@@ -207,6 +250,12 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError("model.algorithm.accumulate_batches", "gradient accumulation across batches is not "
                               "supported under FSDP2 yet (a checkpoint could not hold the sharded pending gradients)",
                               "set accumulate_batches: 1 and raise data.batch_size instead, or use trainer.strategy: ddp")
+
+        precision = str(self.trainer.precision)
+        if self.algorithm.old_logprobs == "sampler" and not precision.startswith(("32", "64")):
+            raise ConfigError("model.algorithm.old_logprobs", f"sampler log-probs under trainer.precision {precision} "
+                              "differ from a recompute by rounding, more than the KL they feed",
+                              "use old_logprobs: recompute, or trainer.precision: 32-true")
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the base and the adapters with FSDP2 (:mod:`abspo.sharding`)."""
@@ -234,6 +283,17 @@ class SelfPlayModule(L.LightningModule):
             optimizers.append(opt)
             schedulers.append(sched)
         return optimizers, schedulers
+
+    @property
+    def old_logprobs_source(self) -> str:
+        """Where the update's "old" log-probs (under the role that sampled the turns) come from: ``recompute`` (a
+        no-gradient forward of the role), ``sampler`` (recorded while sampling), or ``gradient_pass`` (the
+        gradient pass's own log-probs, detached: with one epoch they are the same numbers, and nothing needs them
+        earlier unless REINFORCE++ whitens a k1 KL reward over the batch before the first backward)."""
+        cfg = self.algorithm
+        needed_first = cfg.update_epochs > 1 or (cfg.estimator == "reinforce_pp" and cfg.kl_mode == "reward_k1"
+                                                 and cfg.kl_coef != 0)
+        return cfg.old_logprobs if needed_first else "gradient_pass"
 
     @property
     def optimizer_steps_per_batch(self) -> float:
@@ -277,6 +337,8 @@ class SelfPlayModule(L.LightningModule):
             e.prompt = parsed.text
             e.forfeited = attacker_forfeits(parsed)
             e.turns["attacker"] = (p_ids, c_ids)
+            if gen.sampled_logprobs is not None:
+                e.sampled_logprobs["attacker"] = gen.sampled_logprobs[revised.index(e)]
         for e in exchanges:
             if not e.revised:
                 e.prompt = e.seed
@@ -287,9 +349,18 @@ class SelfPlayModule(L.LightningModule):
             e.defender_output = text
             e.response, e.defender_well_formed = read_defender_turn(self.game, text)
             e.turns["defender"] = (p_ids, c_ids)
+            if gen.sampled_logprobs is not None:
+                e.sampled_logprobs["defender"] = gen.sampled_logprobs[played.index(e)]
+        return self.judge_games(exchanges)
+
+    def judge_games(self, exchanges: list[Exchange]) -> list[Exchange]:
+        """The judge's verdict on every game whose defender answered, whether the answer is degenerate, and every
+        game's rewards from the reward table."""
+        played = [e for e in exchanges if "defender" in e.turns]
         if played:
-            verdicts = self.judge.score([e.prompt for e in played], [e.response for e in played],
-                                        [e.seed_harmful for e in played])
+            with self.clock("judge"):
+                verdicts = self.judge.score([e.prompt for e in played], [e.response for e in played],
+                                            [e.seed_harmful for e in played])
             for e, v in zip(played, verdicts):
                 e.verdict = v
                 e.degenerate = degenerate_reply(e.response, v.off_topic)
@@ -303,19 +374,52 @@ class SelfPlayModule(L.LightningModule):
         keys = [sampling_key(batch_index, g, role) for g in games]
         if not prompts and not self._sharded:
             return Generation([], [], [])
-        with self.bank.role(role) as model, gathered(self.bank):
+        if self.rollout_cfg.backend == "vllm":
+            with self.clock(f"rollout/{role}"):
+                gen = self.vllm_engine().generate(self.bank.adapter_for(role), prompts, self.tokenizer, new_tokens,
+                                                  self.game.temperature, keys)
+            self._generated_tokens += sum(len(c) for c in gen.completion_ids)
+            return gen
+        with self.clock(f"rollout/{role}"), self.bank.role(role) as model, gathered(self.bank), self._no_grad():
             gen = generate(model, self.tokenizer, prompts or ["."], new_tokens, self.game.temperature,
-                           self.game.top_p, synced_gpus=self._sharded, keys=keys or [0])
+                           self.game.top_p, synced_gpus=self._sharded, keys=keys or [0],
+                           return_logprobs=self.old_logprobs_source == "sampler")
         if not prompts:
             return Generation([], [], [])
         self._generated_tokens += sum(len(c) for c in gen.completion_ids)
         return gen
+
+    def vllm_engine(self) -> VLLMRollouts:
+        """The vLLM engine of ``rollout.backend: vllm``, built at first use (after a resume has loaded the
+        adapters), holding the frozen base once and both role adapters as LoRA requests."""
+        if self._engine is None:
+            cfg = self.base_cfg
+            first_role = {a: r for r, a in reversed(list(self.bank_spec.roles.items()))}
+            self._engine = VLLMRollouts(
+                self.rollout_cfg.vllm, cfg.name_or_path if cfg.name_or_path in BUILTIN_RANDOM else weight_folder(cfg),
+                cfg.dtype, max(spec.r for spec in self.bank_spec.adapters.values()), list(self.bank_spec.adapters),
+                export=lambda adapter, folder: self.bank.export(first_role[adapter], folder))
+        return self._engine
 
     def _micro_batches(self, rows: int) -> int:
         """Micro-batches to run for ``rows`` rows: sharded, the most any process needs (FSDP2 forwards are
         collectives, so every process runs as many; the extra ones are throw-away work)."""
         n = -(-rows // self.algorithm.micro_batch_size)
         return int(self.collective.max(torch.tensor(n))) if self._sharded else n
+
+    def _micro_batch_rows(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[int]]:
+        """The row indices of each micro-batch: rows sorted by length, longest first (a micro-batch pads to its
+        longest row, so similar lengths waste the least; the largest one runs first, so an out-of-memory shows at
+        once), cut into ``micro_batch_size``. Sharded, empty lists follow up to the count every process runs."""
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
+        mb = self.algorithm.micro_batch_size
+        chunks = [order[lo:lo + mb] for lo in range(0, len(order), mb)]
+        return chunks + [[] for _ in range(self._micro_batches(len(order)) - len(chunks))]
+
+    def _no_grad(self):
+        """``inference_mode`` for passes whose outputs never enter a gradient (cheaper than ``no_grad``); plain
+        ``no_grad`` when sharded, where FSDP2's gathered parameters must stay ordinary tensors."""
+        return torch.no_grad() if self._sharded else torch.inference_mode()
 
     def _dummy_scoring_batch(self):
         return build_scoring_batch([[self._pad_id()]], [[self._pad_id()]], self._pad_id(), self.device)
@@ -340,6 +444,7 @@ class SelfPlayModule(L.LightningModule):
         exchanges = collective.gather_objects(mine)  # every game of the batch, in batch order, on every process
         metrics = game_metrics(exchanges)
         metrics.update(self.learn(mine, batch.index))
+        self._guard_unlabelled(exchanges)
         for role in ROLES:
             rewards = [e.rewards[role] for e in exchanges if role in e.rewards]
             if rewards:
@@ -352,6 +457,7 @@ class SelfPlayModule(L.LightningModule):
         elapsed = time.perf_counter() - start
         metrics["perf/gen_tokens_per_s"] = totals[-1].item() / max(gen_time, 1e-9)
         metrics["perf/step_s"] = elapsed
+        metrics.update({f"perf/{phase.replace('/', '_')}_s": s for phase, s in self.clock.take().items()})
         log_batch_metrics(self, metrics, step=batch.index)
         for role in ROLES:
             if f"{role}/reward" in metrics:
@@ -410,23 +516,28 @@ class SelfPlayModule(L.LightningModule):
         cfg = self.algorithm
         name = "/".join(roles)
         rollout = self.rollout_batch(roles, exchanges)
-        if rollout is None:
+        if rollout is None:  # no scored turn of these roles on any process (e.g. the judge labelled nothing)
+            self._updates[adapter] += 1
+            if self._updates[adapter] % cfg.accumulate_batches == 0:  # the step still counts (max_steps = batches)
+                for _ in range(cfg.update_epochs):
+                    self.optimizer_step(adapter, opt, sched, with_gradient=cfg.accumulate_batches > 1)
             return {f"{name}/skipped": 1.0}
         stats = dict(rollout.stats)
         self.last_rollouts[adapter] = rollout  # what the update trained on (diagnostics read it)
         self._updates[adapter] += 1
         for _ in range(cfg.update_epochs):
-            passed = self.gradient_pass(adapter, roles[0], rollout)
+            passed = self.gradient_pass(adapter, roles, rollout)
             if self._updates[adapter] % cfg.accumulate_batches == 0:
-                passed.update(self.optimizer_step(adapter, opt, sched))
+                passed.update(self.optimizer_step(adapter, opt, sched, finite_loss=math.isfinite(passed["loss"])))
             for key, value in passed.items():  # the last pass's figures (clip_frac is 0 on the first)
                 stats[f"{name}/{key}"] = value
         stats[f"{name}/samples"] = float(len(rollout.prompts))
         return stats
 
-    def role_samples(self, role: str, exchanges: list[Exchange]) -> list[tuple[list[int], list[int], float, int]]:
-        """(prompt ids, completion ids, reward, group) for every scored turn the role played."""
-        return [(*e.turns[role], e.rewards[role], e.group)
+    def role_samples(self, role: str, exchanges: list[Exchange]) -> list[tuple]:
+        """(prompt ids, completion ids, reward, group, sampler log-probs or None) for every scored turn the role
+        played."""
+        return [(*e.turns[role], e.rewards[role], e.group, e.sampled_logprobs.get(role))
                 for e in exchanges if role in e.rewards and role in e.turns]
 
     @torch.no_grad()
@@ -435,6 +546,7 @@ class SelfPlayModule(L.LightningModule):
         played it and under the anchor, and its advantages (normalised per role). None when there is none."""
         cfg = self.algorithm
         reduce = self.collective.sum  # batch statistics over every process's share (identity on one process)
+        source = self.old_logprobs_source
         prompts, completions, advantages, olds, refs, row_roles = [], [], [], [], [], []
         stats: dict[str, float] = {}
         for role in roles:
@@ -442,9 +554,13 @@ class SelfPlayModule(L.LightningModule):
             if not int(reduce(torch.tensor(len(samples)))):
                 continue  # no process has a turn of this role
             # A process whose share has none still takes part in every reduction (and, sharded, every forward).
-            old, ref, mask = self._reference_logprobs(role, samples)
+            old, ref, mask = self._reference_logprobs(role, samples, with_role=source == "recompute")
             rewards = torch.tensor([s[2] for s in samples], dtype=torch.float32)
-            kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" else torch.zeros_like(old)
+            if source == "sampler":
+                old = torch.stack([_pad_to(torch.tensor([s[4]], dtype=torch.float32), ref.shape[1])[0]
+                                   for s in samples]) if samples else torch.zeros_like(ref)
+            # With the gradient pass as the source, the k1 penalty (GRPO only: it is per sequence) is added there.
+            kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" and old is not None else torch.zeros_like(ref)
             groups = torch.tensor([s[3] for s in samples], dtype=torch.long)
             adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards, reduce)
             prompts += [s[0] for s in samples]
@@ -453,39 +569,54 @@ class SelfPlayModule(L.LightningModule):
             advantages.append(adv)
             olds.append(old)
             refs.append(ref)
-            stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask, reduce=reduce))
-        if not olds:
+            if old is not None:  # else the gradient pass measures it
+                stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask, reduce=reduce))
+        if not refs:
             return None
-        t = max(x.shape[1] for x in olds)  # one width for every role: a shared adapter mixes them in micro-batches
+        t = max(x.shape[1] for x in refs)  # one width for every role: a shared adapter mixes them in micro-batches
         cat = lambda xs: torch.cat([_pad_to(x, t) for x in xs])  # noqa: E731
-        return RolloutBatch(prompts, completions, cat(advantages), cat(olds), cat(refs), stats, row_roles)
+        old = None if source == "gradient_pass" else cat(olds)
+        return RolloutBatch(prompts, completions, cat(advantages), old, cat(refs), stats, row_roles)
 
-    def gradient_pass(self, adapter: str, role: str, rollout: RolloutBatch) -> dict[str, float]:
-        """Step 2: one pass over the rollout batch in micro-batches, ``manual_backward`` of the token-mean loss
-        (each micro-batch weighted by its share of the batch's tokens) into the adapter's ``.grad``."""
+    def gradient_pass(self, adapter: str, roles: list[str], rollout: RolloutBatch) -> dict[str, float]:
+        """Step 2: one pass over the rollout batch in length-sorted micro-batches, ``manual_backward`` of the
+        token-mean loss (each micro-batch weighted by its share of the batch's tokens) into the adapter's ``.grad``.
+
+        Without old log-probs in the rollout (``old_logprobs_source == "gradient_pass"``) the pass's own detached
+        log-probs stand in for them: the ratio is 1, GRPO's k1 penalty is added to the advantages here (it is per
+        sequence, so nothing before needed it), and ``<role>/kl`` is measured here."""
         cfg = self.algorithm
         collective = self.collective
         total_tokens = int(collective.sum(torch.tensor(sum(len(c) for c in rollout.completions))))
         on_policy = cfg.update_epochs == 1  # then the ratio is exactly 1 and old = the live log-probs, detached
+        live_old = rollout.old_logp is None
+        kl_sums = torch.zeros(2, len(roles), dtype=torch.float64)  # per role: k3 summed over tokens, token count
         loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
         grad_scale = collective.world_size if self._sharded else 1  # FSDP2 averages over processes (sharding.py)
-        mb = cfg.micro_batch_size
-        with self.bank.role(role), self.bank.update_mode():  # every role in the update routes to `adapter`
-            for k in range(self._micro_batches(len(rollout.prompts))):
-                lo = k * mb
-                if lo >= len(rollout.prompts):  # sharded, this process is out of rows: a zero-weighted pass
+        with self.clock("update/gradient"), self.bank.role(roles[0]), self.bank.update_mode():
+            # (every role in the update routes to `adapter`)
+            for rows in self._micro_batch_rows(rollout.prompts, rollout.completions):
+                if not rows:  # sharded, this process is out of rows: a zero-weighted pass
                     logp, _ = completion_logprobs(self.bank.model, self._dummy_scoring_batch(),
                                                   temperature=self.game.temperature)
                     self._backward(logp.sum() * 0.0)
                     continue
-                batch = build_scoring_batch(rollout.prompts[lo:lo + mb], rollout.completions[lo:lo + mb],
+                batch = build_scoring_batch([rollout.prompts[i] for i in rows], [rollout.completions[i] for i in rows],
                                             self._pad_id(), self.device)
                 t = batch.completion_ids.shape[1]
-                adv, old, ref = (x[lo:lo + mb, :t].to(self.device) for x in (rollout.advantages, rollout.old_logp,
-                                                                              rollout.ref_logp))
+                index = torch.tensor(rows)
+                adv, ref = (x[index, :t].to(self.device) for x in (rollout.advantages, rollout.ref_logp))
                 logp, entropy = completion_logprobs(self.bank.model, batch, with_entropy=True,
                                                     temperature=self.game.temperature)
                 mask = batch.completion_mask
+                old = logp.detach() if live_old else rollout.old_logp[index, :t].to(self.device)
+                if live_old:
+                    if cfg.kl_mode == "reward_k1":
+                        adv = adv + alg.kl_penalty_to_go(alg.kl_k1(old, ref), mask, cfg.kl_coef)
+                    k3 = (alg.kl_k3(old, ref) * mask).sum(-1).double().cpu()
+                    for r, role in enumerate(roles):
+                        mine = torch.tensor([rollout.roles[i] == role for i in rows])
+                        kl_sums[:, r] += torch.stack([k3[mine].sum(), mask.sum(-1).cpu()[mine].sum().double()])
                 loss, clip_frac = alg.objective(logp, logp.detach() if on_policy else old, ref, adv, mask,
                                                 None if on_policy else cfg.clip_eps, cfg.kl_coef,
                                                 kl_in_loss=cfg.kl_mode == "loss_k3")
@@ -495,27 +626,79 @@ class SelfPlayModule(L.LightningModule):
                 clip_sum += clip_frac.item() * weight
                 entropy_sum += alg.masked_mean(entropy, mask).item() * weight
         loss_sum, entropy_sum, clip_sum = collective.sum(torch.tensor([loss_sum, entropy_sum, clip_sum])).tolist()
-        return {"loss": loss_sum, "entropy": entropy_sum, "clip_frac": clip_sum}
+        out = {"loss": loss_sum, "entropy": entropy_sum, "clip_frac": clip_sum}
+        if live_old:
+            kl_sums = collective.sum(kl_sums)
+            for r, role in enumerate(roles):
+                if kl_sums[1, r] > 0:
+                    out[f"{role}/kl"] = float(kl_sums[0, r] / kl_sums[1, r])
+        return out
 
-    def optimizer_step(self, adapter: str, opt, sched) -> dict[str, float]:
+    def optimizer_step(self, adapter: str, opt, sched, finite_loss: bool = True,
+                       with_gradient: bool = True) -> dict[str, float]:
         """Step 3: sum the adapter's gradient over processes (data parallel), clip it, step its optimizer and
-        scheduler, clear its gradient."""
+        scheduler, clear its gradient.
+
+        A non-finite loss or gradient skips the step: the gradients are dropped before ``opt.step()``, which then
+        leaves every parameter and optimizer state untouched (optimizers skip parameters without a gradient) and
+        still counts as the step it was (the schedule, ``max_steps`` and resumes stay aligned). The same decision
+        on every process: the norm is of the summed (or sharded) gradient. ``with_gradient=False`` (a batch with
+        nothing to learn from) makes the same no-op step, so that every batch makes its optimizer steps."""
         cfg = self.algorithm
         params = self.bank.adapter_parameters(adapter)
-        if not self._sharded:  # FSDP2 has reduce-scattered the sums already
+        if not with_gradient:
+            for p in params:
+                p.grad = None
+        elif not self._sharded:  # FSDP2 has reduce-scattered the sums already
             self.collective.sum_grads_(params)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = float(full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
-        if cfg.max_grad_norm is not None:
-            if self._trainer is None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            else:
-                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+        finite = finite_loss and math.isfinite(grad_norm)
+        if with_gradient and not finite:
+            for p in params:
+                p.grad = None
+            self._nonfinite_streak[adapter] += 1
+            if self._nonfinite_streak[adapter] >= self.guards.max_consecutive_nonfinite:
+                self._stop(f"{self._nonfinite_streak[adapter]} consecutive updates of adapter {adapter!r} had a "
+                           "non-finite loss or gradient (each was skipped: its weights are those from before the "
+                           "first). Lower its learning rate or model.algorithm.max_grad_norm, check the judge's "
+                           "rewards for NaN, then resume with --ckpt_path last")
+        elif with_gradient:
+            self._nonfinite_streak[adapter] = 0
+            if cfg.max_grad_norm is not None:
+                if self._trainer is None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
         lr = sched.get_last_lr()[0]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        return {"grad_norm": grad_norm, "lr": lr}
+        with self.clock("update/optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        if finite and grads and self._engine is not None:
+            self._engine.mark_stale(adapter)  # the engine pushes the new version before its next rollout
+        return {"grad_norm": grad_norm, "lr": lr, "skipped_nonfinite": float(not finite)}
+
+    def _stop(self, reason: str) -> None:
+        """A guard's verdict: stop after this batch (its checkpoint is written as at any end of training)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._trainer is not None:
+            self.trainer.should_stop = True
+
+    def _guard_unlabelled(self, exchanges: list[Exchange]) -> None:
+        """Stop when the judge left more than ``guards.max_unlabelled_share`` of the exchanges it was sent over the
+        last ``guards.unlabelled_window`` batches unlabelled (``exchanges``: the whole batch, every process's)."""
+        judged = [e for e in exchanges if "defender" in e.turns]
+        self._judged = (self._judged + [(len(judged), sum(e.verdict is None or not e.verdict.complete
+                                                           for e in judged))])[-self.guards.unlabelled_window:]
+        sent, unlabelled = map(sum, zip(*self._judged))
+        share = unlabelled / max(1, sent)
+        if len(self._judged) == self.guards.unlabelled_window and share > self.guards.max_unlabelled_share:
+            self._stop(f"the judge left {unlabelled} of the {sent} exchanges of the last {len(self._judged)} "
+                       f"batches unlabelled ({share:.0%} > model.guards.max_unlabelled_share "
+                       f"{self.guards.max_unlabelled_share:.0%}): nothing is being learnt. Check the judge (a "
+                       "RemoteJudge's server and its log lines), then resume with --ckpt_path last")
 
     def _backward(self, loss: torch.Tensor) -> None:
         # Through the trainer when there is one (precision plugins, strategies); plain autograd otherwise, so the
@@ -530,28 +713,34 @@ class SelfPlayModule(L.LightningModule):
             self.manual_backward(loss)
 
     @torch.no_grad()
-    def _reference_logprobs(self, role: str, samples):
-        """Log-probs of the sampled completions under the role (before its update) and under the anchor, at the
-        sampling temperature."""
-        olds, refs, masks = [], [], []
-        t = max([1] + [len(s[1]) for s in samples])
-        temperature = self.game.temperature
-        mb = self.algorithm.micro_batch_size
-        for k in range(self._micro_batches(len(samples))):
-            chunk = samples[k * mb:(k + 1) * mb]
+    def _reference_logprobs(self, role: str, samples, with_role: bool = True):
+        """Log-probs [N, T] of the sampled completions under the anchor and (``with_role``) under the role before
+        its update, at the sampling temperature, with the completion mask: (old or None, ref, mask)."""
+        n, t = len(samples), max([1] + [len(s[1]) for s in samples])
+        old, ref, mask = (torch.zeros(n, t) for _ in range(3))
+        for rows in self._micro_batch_rows([s[0] for s in samples], [s[1] for s in samples]):
+            chunk = [samples[i] for i in rows]
             batch = (build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
                      if chunk else self._dummy_scoring_batch())
-            with self.bank.role(role) as model:
-                old, _ = completion_logprobs(model, batch, temperature=temperature)
-            with self.bank.anchor() as model:
-                ref, _ = completion_logprobs(model, batch, temperature=temperature)
+            scored = {}
+            if with_role:
+                with self.clock("score/old"), self.bank.role(role) as model:
+                    scored["old"] = self._score(model, batch)
+            with self.clock("score/anchor"), self.bank.anchor() as model:
+                scored["ref"] = self._score(model, batch)
             if chunk:
-                olds.append(_pad_to(old, t))
-                refs.append(_pad_to(ref, t))
-                masks.append(_pad_to(batch.completion_mask, t))
-        if not olds:
-            return torch.zeros(0, 1), torch.zeros(0, 1), torch.zeros(0, 1)
-        return torch.cat(olds).cpu(), torch.cat(refs).cpu(), torch.cat(masks).cpu().float()
+                index, width = torch.tensor(rows), batch.completion_ids.shape[1]
+                ref[index, :width] = scored["ref"].cpu()
+                mask[index, :width] = batch.completion_mask.cpu().float()
+                if with_role:
+                    old[index, :width] = scored["old"].cpu()
+        return (old if with_role else None), ref, mask
+
+    def _score(self, model, batch) -> torch.Tensor:
+        """Completion log-probs of ``batch`` under ``model``, with no gradient, as an ordinary tensor."""
+        with self._no_grad():
+            logp, _ = completion_logprobs(model, batch, temperature=self.game.temperature)
+        return logp.clone() if logp.is_inference() else logp
 
     def _pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer is not None else 0

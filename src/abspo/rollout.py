@@ -221,28 +221,87 @@ def build_scoring_batch(prompt_ids: list[list[int]], completion_ids: list[list[i
     return ScoringBatch(ids.to(device), attn.to(device), pos.to(device), cmask.to(device), comp.to(device))
 
 
-def completion_logits(model, batch: ScoringBatch, temperature: float = 1.0) -> Tensor:
-    """[B, T, V] float32 logits / temperature at the completion positions (position j predicts token j): the
-    distribution ``generate`` samples from at that temperature, before its softmax."""
-    if temperature <= 0:
-        raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
+def _completion_outputs(model, batch: ScoringBatch) -> Tensor:
+    """[B, T, V] logits at the completion positions (position j predicts token j), in the model's dtype."""
     t = batch.completion_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=t + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float()
+    return out.logits[:, :-1, :]
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
+
+
+def completion_logits(model, batch: ScoringBatch, temperature: float = 1.0) -> Tensor:
+    """[B, T, V] float32 logits / temperature at the completion positions (position j predicts token j): the
+    distribution ``generate`` samples from at that temperature, before its softmax. (Materialises the whole
+    float32 tensor: for analysis; the update uses :func:`completion_logprobs`.)"""
+    _check_temperature(temperature)
+    logits = _completion_outputs(model, batch).float()
     return logits / temperature if temperature != 1.0 else logits
+
+
+ROWS_PER_CHUNK = 256
+"""Positions whose float32 vocabulary row exists at once in :class:`TokenLogprobs` (256 x 152k x 4 B = 156 MB at
+Qwen2.5's vocabulary, where the whole [B, T, V] float32 tensor of one micro-batch is several GB)."""
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / T)[token] and the entropy of softmax(logits / T), per position, without a float32 copy
+    of the [N, V] logits.
+
+    The plain formula (``logits.float() / T``, ``logsumexp``, ``gather``) keeps float32 [N, V] tensors alive for
+    backward beside the model's own logits; this works through the rows in chunks of :data:`ROWS_PER_CHUNK`,
+    saves only the logits (which the model's output holds anyway) and the float32 log-normaliser [N], and
+    recomputes each chunk's softmax in backward: ``d logp / d logits = (onehot - softmax) / T``. The entropy is
+    computed in the same chunks and carries no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float):
+        n = logits.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        entropy = torch.empty_like(lse)
+        for lo in range(0, n, ROWS_PER_CHUNK):
+            x = logits[lo:lo + ROWS_PER_CHUNK].float() / temperature
+            chunk_lse = torch.logsumexp(x, dim=-1)
+            lse[lo:lo + ROWS_PER_CHUNK] = chunk_lse
+            entropy[lo:lo + ROWS_PER_CHUNK] = chunk_lse - (torch.softmax(x, dim=-1) * x).sum(-1)
+        picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float() / temperature
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return picked - lse, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        t = ctx.temperature
+        grad = torch.empty_like(logits)
+        for lo in range(0, logits.shape[0], ROWS_PER_CHUNK):
+            hi = lo + ROWS_PER_CHUNK
+            g = grad_logp[lo:hi].float().unsqueeze(-1) / t
+            chunk = -torch.exp(logits[lo:hi].float() / t - lse[lo:hi].unsqueeze(-1)) * g
+            chunk.scatter_add_(-1, tokens[lo:hi].unsqueeze(-1), g)
+            grad[lo:hi] = chunk.to(grad.dtype)
+        return grad, None, None
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(log-prob of ``tokens``, entropy) [...] under ``softmax(logits / temperature)`` for logits [..., V], in
+    float32, chunked (:class:`TokenLogprobs`)."""
+    _check_temperature(temperature)
+    shape = tokens.shape
+    logp, entropy = TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), temperature)
+    return logp.view(shape), entropy.view(shape)
 
 
 def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False,
                         temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
     """Per-token log pi_T(completion token) [B, T] (float32) under ``softmax(logits / temperature)``, the
     distribution ``generate`` samples from at that temperature; optionally the per-token entropy of it."""
-    logits = completion_logits(model, batch, temperature)
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = lse - (probs * logits).sum(-1)
-    return logp * batch.completion_mask, entropy
+    _check_temperature(temperature)
+    logp, entropy = token_logprobs(_completion_outputs(model, batch), batch.completion_ids, temperature)
+    return logp * batch.completion_mask, entropy if with_entropy else None
