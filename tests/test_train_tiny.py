@@ -113,7 +113,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, run):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_progress_bar_counts_batches_of_games(tmp_path):
+def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
+    monkeypatch.setattr("abspo.callbacks.progress.output_is_terminal", lambda: True)  # (not a log file: a bar)
     cli = fit(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", "2")
     bar = cli.trainer.progress_bar_callback
     assert type(bar).__name__.startswith("Game")

@@ -33,16 +33,21 @@ from typing import Any
 
 import torch
 import transformers
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from abspo import preemption
+from abspo.atomic import recover_folder
 from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
-from abspo.callbacks.progress import game_progress_bar
+from abspo.callbacks.progress import ProgressLines, progress_callback
+from abspo.checkpoint_io import AtomicCheckpointIO
 from abspo.data import SeedDataModule
-from abspo.errors import ConfigError
+from abspo.errors import ConfigError, TrainingStopped
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
@@ -75,6 +80,9 @@ class RunConfig:
     max_batches: int | None = None
     """Stop after this many batches of games, whatever model.mode (sets trainer.max_steps to the optimizer steps
     they make: two per batch for bipolicy in alternate mode, one for a shared mode). None: trainer.max_steps."""
+    progress_every_n_batches: int = 1
+    """When the output is not a terminal (a cluster job's log file), print a plain progress line every N batches
+    (the step, both rewards, the game rates, seconds per batch) instead of a progress bar."""
     overwrite: bool = False
     """Start a new run in a folder that already holds a checkpoint, replacing it. Off: such a run stops with an
     error, so an earlier run is never overwritten by accident."""
@@ -111,14 +119,28 @@ class AbspoCLI(LightningCLI):
         if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
             callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
         if config.get("enable_progress_bar") is not False and not any(
-                isinstance(c, ProgressBar) for c in user_callbacks + callbacks):
-            callbacks.append(game_progress_bar())
+                isinstance(c, (ProgressBar, ProgressLines)) for c in user_callbacks + callbacks):
+            callbacks.append(progress_callback(run.progress_every_n_batches))
+            if isinstance(callbacks[-1], ProgressLines):
+                config["enable_progress_bar"] = False  # a bar in a log file is noise; the lines replace it
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]  # a kill mid-save keeps last.ckpt whole
         return super()._instantiate_trainer(config, callbacks)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """``fit`` and ``test`` only: Lightning's ``validate``/``predict`` loops have nothing to run in a game."""
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "test")}
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            restore = self.__dict__.pop("_restore_signals", None)
+            if restore is not None:
+                restore()
 
     def before_fit(self) -> None:
         """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
@@ -128,6 +150,7 @@ class AbspoCLI(LightningCLI):
             if max_batches < 1:
                 raise ConfigError("run.max_batches", f"must be >= 1, got {max_batches}", "use a positive number of batches")
             self.trainer.fit_loop.epoch_loop.max_steps = math.ceil(max_batches * self.model.optimizer_steps_per_batch)
+        self._restore_signals = preemption.install(self.trainer)  # SIGTERM / Ctrl-C: finish the batch, save, exit
         ckpt = self._get(self.config, "ckpt_path")
         if ckpt is None:
             existing = self.run_dir() / "checkpoints" / "last.ckpt"
@@ -145,6 +168,10 @@ class AbspoCLI(LightningCLI):
                               "{class_path: abspo.strategies.FSDP2Strategy} on any number of processes "
                               "(--trainer.devices 1 included)")
         self.model.check_checkpoint(checkpoint)
+
+    def after_fit(self) -> None:
+        if self.model.stop_reason is not None:  # a guard stopped the run; last.ckpt was written at its end
+            raise TrainingStopped(self.model.stop_reason)
 
     def _parse_ckpt_path(self) -> None:
         """Read a --ckpt_path checkpoint file once, early, with one clear line on failure; take no hyperparameters.
@@ -167,6 +194,7 @@ class AbspoCLI(LightningCLI):
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
             path = self.run_dir() / "checkpoints" / "last.ckpt"
+            recover_folder(path)  # a sharded save killed between its two renames
             if not path.exists():
                 raise ConfigError("--ckpt_path", f"there is no checkpoint to resume at {path}",
                                   "check run.name / run.output_root (the run folder is <output_root>/<name>), "
@@ -407,6 +435,13 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"abspo: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as err:
+        print(f"abspo: training stopped: {err}", file=sys.stderr)
+        sys.exit(1)
+    except SIGTERMException:  # stopped by SIGTERM or Ctrl-C after a finished batch, last.ckpt written
+        print(f"abspo: stopped by a signal; last.ckpt holds every finished batch. Resume with:\n  "
+              f"{preemption.resume_command(argv)}", file=sys.stderr)
+        sys.exit(preemption.exit_status())
 
 
 if __name__ == "__main__":

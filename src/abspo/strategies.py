@@ -9,16 +9,22 @@ change); loading, it asks the checkpoint for every base tensor and fails, since 
 Here the checkpoint is a ``torch.distributed.checkpoint`` folder of the adapter shards and the optimizer
 states (each process writes its own shards, nothing is gathered), plus Lightning's loop state in ``meta.pt``,
 and resuming loads exactly those into the sharded parameters and optimizers.
+
+Saving is atomic: every process writes into a temporary sibling folder, and once all have finished, rank 0
+swaps it into place (:func:`abspo.atomic.swap_into_place`). A run killed mid-save keeps its previous checkpoint
+folder whole (Lightning's own save writes over the old shards in place).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from abspo.atomic import recover_folder, swap_into_place
 from abspo.bank import AdapterBank
 
 META = "meta.pt"
@@ -34,6 +40,22 @@ class FSDP2Strategy(ModelParallelStrategy):
     def lightning_module_state_dict(self) -> dict[str, Any]:
         # The sharded adapter tensors themselves (DTensors): each process writes its shards, no copy, no gather.
         return self._adapter_state()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        partial = path.with_name(f".{path.name}.partial")
+        if self.global_rank == 0:
+            recover_folder(path)
+            if partial.exists():
+                shutil.rmtree(partial)  # a save killed earlier
+        self.barrier("abspo_save_start")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("abspo_save_written")  # every process's shards are on disk
+        if self.global_rank == 0:
+            swap_into_place(partial, path)
+        self.barrier("abspo_save_done")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         from torch.distributed.checkpoint import FileSystemReader
