@@ -121,3 +121,16 @@ def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
     assert cli.trainer.global_step == 2
     cli.trainer.fit_loop.epoch_loop.max_steps = 6  # 4 optimizer steps left = 2 batches of (attacker step + defender step)
     assert bar.total_train_batches == 2
+
+
+def test_bf16_mixed_precision_trains_and_refuses_sampler_logprobs(tmp_path):
+    """``trainer.precision: bf16-mixed`` (autocast over the whole step, docs/performance.md) trains; the sampler's
+    log-probs, off by bf16 rounding, are refused under it with the key to change."""
+    from abspo.errors import ConfigError
+
+    cli = fit(tmp_path, "--trainer.precision", "bf16-mixed", "--model.base.dtype", "bfloat16")
+    state = adapters(cli)
+    moved = [k for k, v in state.items() if "lora_B" in k and v.abs().sum() > 0]
+    assert moved and all(torch.isfinite(v).all() for v in state.values())
+    with pytest.raises(ConfigError, match="model.algorithm.old_logprobs.*bf16-mixed"):
+        fit(tmp_path / "sampler", "--trainer.precision", "bf16-mixed", "--model.algorithm.old_logprobs", "sampler")

@@ -17,7 +17,8 @@ the largest phase):
   re-gathering every layer for every token).
 - **update**: for one micro-batch, the activations saved for backward (per token and layer, see
   :func:`activation_bytes_per_token_layer`; with activation checkpointing only each layer's input plus one
-  layer's activations), the float32 completion logits (log-softmax and entropy keep ~3 copies), and under
+  layer's activations), the completion logits in the model's dtype and their gradient (the log-softmax works
+  through float32 chunks of 256 positions, :class:`abspo.rollout.TokenLogprobs`), and under
   FSDP two gathered layers (the current one and the prefetched next).
 - **judge** (a colocated judge model): the KV cache of its queries for this device's games.
 - **runtime**: the framework's own memory (CUDA context and allocator slack on a GPU; the Python + torch
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from abspo.rollout import ROWS_PER_CHUNK
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -239,7 +242,9 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     completion = rows * max(p.new_tokens_attacker, p.new_tokens_defender)
     update = {
         "activations": activations,
-        "completion logits (fp32)": completion * a.vocab * 4 * 3,
+        # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
+        # (abspo.rollout.TokenLogprobs: log-softmax, softmax, gradient)
+        "completion logits": completion * a.vocab * b * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3,
     }
     if p.sharded:
         update["gathered layers (2)"] = 2 * a.layer_params() * b
