@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,33 @@ def test_subcommands_without_a_loop_are_not_offered(capsys, tmp_path, subcommand
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert subcommand in err and "fit" in err and "test" in err  # argparse names the valid choices
+
+
+def test_a_default_root_dir_abspo_would_not_honour_is_refused(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--trainer.default_root_dir", str(tmp_path / "scratch"))
+    assert "trainer.default_root_dir" in err and f"--run.output_root {tmp_path / 'scratch'}" in err
+    assert not (tmp_path / "scratch").exists() and not (tmp_path / "tiny").exists(), "nothing written"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("model:\n  base:\n    dtype: [float32\n", r":3: not valid YAML: while parsing a flow sequence"),  # unclosed [
+    ("model:\n  base:\n  dtype: x\n   bad: 1\n", r":4: not valid YAML: mapping values are not allowed"),
+    ("model:\n  algorithm:\n    kl_coeff: 0.1\n", r":3: model.algorithm.kl_coeff: unknown key. Fix: did you mean 'kl_coef'"),
+    ("model:\n  algorithm:\n    estimator: grpo\n    kl_coef: lots\n",
+     r":4: model.algorithm.kl_coef: wrong value: Expected a <class 'float'>. Got value: lots"),
+], ids=["unclosed-bracket", "bad-indentation", "unknown-key", "wrong-type"])
+def test_a_bad_config_file_is_one_line_naming_file_line_and_key(capsys, tmp_path, text, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    err = run_main(capsys, "--config", str(bad), "--run.output_root", str(tmp_path / "runs"))
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"abspo: error: {bad}")
+    assert re.search(expected, err), err
+    assert not (tmp_path / "runs").exists(), "nothing written"
+
+
+@pytest.mark.parametrize("option, suggestion", [("--trainer.max_stepz", "--trainer.max_steps"),
+                                                ("--run.nmae", "--run.name")])
+def test_an_unknown_option_suggests_the_closest_one(capsys, tmp_path, option, suggestion):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), option, "3")
+    assert len(err.strip().splitlines()) == 1 and f"{option}: unknown option. Fix: did you mean '{suggestion}'" in err

@@ -30,3 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
         with atomic_file(Path(path)) as fh:
             torch.save(checkpoint, fh)
+
+    def load_checkpoint(self, path, map_location: Any | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        # abspo checkpoints hold tensors and plain types only: never unpickle code, whatever the caller asks.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

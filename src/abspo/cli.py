@@ -62,6 +62,7 @@ from abspo.evaluation.safety import (
     safety_report,
 )
 from abspo.module import SelfPlayModule
+from abspo.parse_errors import check_config_files, config_error
 from abspo.planner import plan_main
 
 
@@ -105,6 +106,11 @@ class AbspoCLI(LightningCLI):
     def _instantiate_trainer(self, config, callbacks):
         run = self._get(self.config, "run")
         run_dir = self.run_dir()
+        asked = config.get("default_root_dir")
+        if asked is not None and Path(str(asked)).resolve() != run_dir.resolve():
+            raise ConfigError("trainer.default_root_dir", f"abspo writes each run to <run.output_root>/<run.name> "
+                              f"({run_dir}), and would not honour {str(asked)!r}",
+                              f"use --run.output_root {asked} (and --run.name to name the run's folder in it)")
         config["default_root_dir"] = str(run_dir)
         if config.get("logger") in (None, True):
             config["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
@@ -133,6 +139,20 @@ class AbspoCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """``fit`` and ``test`` only: Lightning's ``validate``/``predict`` loops have nothing to run in a game."""
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "test")}
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse; a bad key or value is one ConfigError line (file:line, the key, the closest valid key), not
+        jsonargparse's usage wall (:mod:`abspo.parse_errors`)."""
+        from jsonargparse import ArgumentError
+
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = sys.argv[1:] if args is None else [str(a) for a in args]
+            sub = getattr(parser, "_subcommands_action", None)
+            parsers = [parser, *(sub._name_parser_map.values() if sub is not None else [])]
+            known = [o for p in parsers for o in p._option_string_actions if o.startswith("--")]
+            raise config_error(str(err), argv, known) from None
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -320,8 +340,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
         auto_configure_optimizers=False,
         trainer_defaults={"max_steps": 10, "enable_model_summary": False},
         parser_kwargs={"default_env": False, "prog": "abspo", "description": DESCRIPTION,
-                       "formatter_class": _RawDescriptionHelp,
-                       "test": {"description": AbspoCLI.test.__doc__.splitlines()[0]}},
+                       "formatter_class": _RawDescriptionHelp, "exit_on_error": False,  # errors: parse_arguments
+                       "fit": {"exit_on_error": False},
+                       "test": {"description": AbspoCLI.test.__doc__.splitlines()[0], "exit_on_error": False}},
     )
 
 
@@ -431,6 +452,7 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             COMMANDS[argv[0]](argv[1:])
         else:
+            check_config_files(argv)  # a missing file or bad YAML: file:line, before anything loads
             cli_main(args)
     except ConfigError as err:
         print(f"abspo: error: {err}", file=sys.stderr)

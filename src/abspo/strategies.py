@@ -68,7 +68,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         dcp_load({"state_dict": adapters, **optimizers}, storage_reader=FileSystemReader(str(path)))
         for i, opt in enumerate(self.optimizers):
             set_optimizer_state_dict(self.model, opt, optim_state_dict=optimizers[f"optimizer_{i}"])
-        checkpoint = torch.load(path / META, map_location="cpu", weights_only=True if weights_only is None else weights_only)
+        checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)  # loop state: plain types only
         checkpoint.pop("optimizer_states", None)  # loaded above; Lightning must not load them again
         return checkpoint
 
