@@ -17,7 +17,8 @@ GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
 def make(judge, **kwargs) -> SelfPlayModule:
     kwargs.setdefault("optimizers", {"attacker": OptimizerConfig(lr=1e-2), "defender": OptimizerConfig(lr=1e-2)})
     kwargs.setdefault("base", TINY)
-    return SelfPlayModule(judge=judge, game=GAME, **kwargs)
+    kwargs.setdefault("game", GAME)
+    return SelfPlayModule(judge=judge, **kwargs)
 
 
 def snapshot(module: SelfPlayModule, adapter: str) -> list[torch.Tensor]:
@@ -360,3 +361,50 @@ def test_the_gradient_does_not_depend_on_the_micro_batch_size(judge, algorithm):
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_prompt_longer_than_the_context_is_cut_and_counted_or_refused(judge, seeds, caplog):
+    """tiny-qwen2 has a context of 2048 tokens: a 3000-token seed is cut from its middle by default (the template's
+    start and the generation prompt kept, counted) and stops the run with overlong_prompts: error."""
+    import logging
+
+    from abspo.data import Seed
+    from abspo.errors import ConfigError
+
+    long_seed = Seed(prompt="Tell me " + "very " * 3000 + "much about bridges.", harmful=False)
+    batch = [long_seed, *seeds.batch(0).seeds[1:4]]
+    module = make(judge, game=GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8, unrevised_fraction=1.0))
+    with caplog.at_level(logging.WARNING, logger="abspo.module"):
+        exchanges = module.play(batch)
+    assert module._truncated == 1 and "1 defender prompts were cut" in caplog.text
+    prompt_ids, completion = exchanges[0].turns["defender"]
+    assert len(prompt_ids) + 8 <= 2048 and completion
+    assert module.tokenizer.decode(prompt_ids).rstrip().endswith("assistant"), "the generation prompt is kept"
+    strict = make(judge, game=GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8, unrevised_fraction=1.0,
+                                         overlong_prompts="error"))
+    with pytest.raises(ConfigError, match=r"model.game.overlong_prompts: a defender prompt of \d+ tokens"):
+        strict.play(batch)
+
+
+def test_a_tokenizer_without_a_chat_template_is_named(judge, tmp_path):
+    """A base (non-chat) model's folder: one ConfigError naming the key and the fallback, unless it is asked for."""
+    from abspo.errors import ConfigError
+    from abspo.models import BaseModel, load_base
+
+    model, tokenizer = load_base(TINY)
+    model.save_pretrained(tmp_path)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    base = BaseModel(name_or_path=str(tmp_path), dtype="float32")
+    with pytest.raises(ConfigError, match="model.base.name_or_path: the tokenizer of .* has no chat template.*"
+                                          "plain_chat_fallback: true"):
+        make(judge, base=base)
+    module = make(judge, base=base, game=GameConfig(plain_chat_fallback=True, max_new_tokens_defender=4))
+    assert "User: hi\nAssistant: " in defender_prompt_text(module, "hi")
+
+
+def defender_prompt_text(module, prompt: str) -> str:
+    from abspo.game import defender_prompt
+
+    return defender_prompt(module.tokenizer, module.game, prompt)

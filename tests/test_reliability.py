@@ -222,3 +222,30 @@ def test_a_remote_judge_whose_server_dies_mid_run_is_counted_unlabelled_and_stop
     # every exchange is unlabelled, and a window of 2 such batches stops the run.
     assert checkpoint["SeedDataModule"]["batches_served"] in (3, 4), "stopped within the window after the death"
     assert checkpoint["global_step"] > 2, "training went on through the dead server's first batch"
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import abspo.checkpoint_io
+    from abspo.cli import main
+
+    save, calls = torch.save, [0]
+
+    def disk_full_on_the_second_save(obj, fh, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            fh.write(b"x" * 1000)  # part of it made it to disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(abspo.checkpoint_io.torch, "save", disk_full_on_the_second_save)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.max_batches", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("abspo: error: ") and "last.ckpt: no space left" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    monkeypatch.setattr(abspo.checkpoint_io.torch, "save", save)
+    assert last_checkpoint(tmp_path)["global_step"] == 2, "the first batch's checkpoint, whole"
+    assert not list((tmp_path / "tiny" / "checkpoints").glob(".*.tmp"))

@@ -13,6 +13,7 @@ resume with a clear message rather than read half.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from abspo.atomic import atomic_file
+from abspo.errors import ConfigError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,8 +30,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        with atomic_file(Path(path)) as fh:
-            torch.save(checkpoint, fh)
+        try:
+            with atomic_file(Path(path)) as fh:
+                torch.save(checkpoint, fh)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ConfigError(str(path), f"no space left while writing this checkpoint ({err.strerror}); the "
+                              "previous checkpoint is intact", "free space there (or move the run with "
+                              "run.output_root), then resume with --ckpt_path last") from None
 
     def load_checkpoint(self, path, map_location: Any | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:

@@ -125,6 +125,13 @@ class GameConfig:
     the policy it trains is exactly the one that played; below 1 the text of small models is less noisy."""
     top_p: float = 1.0
     """Must stay 1.0 in training: the update does not score a truncated distribution."""
+    overlong_prompts: Literal["truncate", "error"] = "truncate"
+    """A turn's prompt that leaves no room for its max_new_tokens in the model's context (a very long seed):
+    truncate cuts tokens from its middle (the chat template's start and the generation prompt stay) and counts
+    it (game/truncated_prompts, and a warning); error stops the run naming the seed."""
+    plain_chat_fallback: bool = False
+    """A tokenizer without a chat template (a base model, not an instruct one) is an error unless this is on;
+    then turns are rendered as 'User: ...\nAssistant: '."""
 
     @property
     def prefill(self) -> str:

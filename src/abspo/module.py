@@ -36,6 +36,7 @@ it belongs to so a mismatched resume fails with a clear message.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -66,6 +67,8 @@ from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
 from abspo.step_logging import log_batch_metrics
 from abspo.timing import PhaseClock
 from abspo.vllm_rollouts import RolloutConfig, VLLMRollouts, engine_class
+
+log = logging.getLogger(__name__)
 
 BUILTIN_RANDOM = {"tiny-qwen2"}
 """Built-in bases initialised at random (no weight files): an engine gets the name, and builds the same weights."""
@@ -192,6 +195,11 @@ class SelfPlayModule(L.LightningModule):
             base_model, self.tokenizer = empty_base(self.base_cfg)  # FSDP2 loads the shards (configure_model)
         else:
             base_model, self.tokenizer = load_base(self.base_cfg)
+        if self.tokenizer is not None and not getattr(self.tokenizer, "chat_template", None) \
+                and not self.game.plain_chat_fallback:
+            raise ConfigError("model.base.name_or_path", f"the tokenizer of {self.base_cfg.name_or_path!r} has no chat "
+                              "template, and every turn of the game is a chat turn", "use an instruct/chat model, or "
+                              "set model.game.plain_chat_fallback: true for 'User: ...\\nAssistant: ' turns")
         if mode == "shared_full":
             self.bank = FullPolicy(base_model, self.tokenizer)
         else:
@@ -210,6 +218,7 @@ class SelfPlayModule(L.LightningModule):
         self._nonfinite_streak = defaultdict(int)  # adapter -> updates skipped in a row for a non-finite loss/grad
         self._judged = []  # (exchanges sent to the judge, of which unlabelled) of the latest batches
         self.stop_reason: str | None = None  # set by a guard; the trainer stops after the batch
+        self._truncated = 0  # prompts cut to fit the context in the current step
 
     # -- setup ------------------------------------------------------------------------------------
     @property
@@ -374,6 +383,7 @@ class SelfPlayModule(L.LightningModule):
         keys = [sampling_key(batch_index, g, role) for g in games]
         if not prompts and not self._sharded:
             return Generation([], [], [])
+        prompts = self._fit_to_context(prompts, new_tokens, role)
         if self.rollout_cfg.backend == "vllm":
             with self.clock(f"rollout/{role}"):
                 gen = self.vllm_engine().generate(self.bank.adapter_for(role), prompts, self.tokenizer, new_tokens,
@@ -388,6 +398,33 @@ class SelfPlayModule(L.LightningModule):
             return Generation([], [], [])
         self._generated_tokens += sum(len(c) for c in gen.completion_ids)
         return gen
+
+    def _fit_to_context(self, prompts: list[str], new_tokens: int, role: str) -> list[str]:
+        """Prompts that leave room for ``new_tokens`` in the model's context: longer ones lose tokens from their
+        middle (``game.overlong_prompts: truncate``, counted in ``game/truncated_prompts``) or stop the run."""
+        config = getattr(self.bank.model, "config", None)
+        context = getattr(config, "max_position_embeddings", None)
+        if not context or self.tokenizer is None:
+            return prompts
+        room = context - new_tokens
+        out, cut = [], 0
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) <= room:
+                out.append(prompt)
+                continue
+            if self.game.overlong_prompts == "error" or room < 2:
+                raise ConfigError("model.game.overlong_prompts", f"a {role} prompt of {len(ids)} tokens leaves no room "
+                                  f"for {new_tokens} new tokens in the model's context of {context} (it starts "
+                                  f"{prompt[:80]!r})", "shorten the seeds, lower max_new_tokens, or set "
+                                  "overlong_prompts: truncate")
+            out.append(self.tokenizer.decode(ids[:room // 2] + ids[len(ids) - (room - room // 2):]))
+            cut += 1
+        if cut:
+            self._truncated += cut
+            log.warning("%d %s prompts were cut to fit the context of %d tokens (model.game.overlong_prompts)",
+                        cut, role, context)
+        return out
 
     def vllm_engine(self) -> VLLMRollouts:
         """The vLLM engine of ``rollout.backend: vllm``, built at first use (after a resume has loaded the
@@ -428,6 +465,7 @@ class SelfPlayModule(L.LightningModule):
     def training_step(self, batch: SeedBatch, batch_idx: int):
         start = time.perf_counter()
         self._generated_tokens = 0
+        self._truncated = 0
         collective = self.collective
         # Every process plans the whole batch and plays its share of the seeds (a seed's GRPO group stays on one
         # process); turns are sampled with keys of (run seed, batch, game, role), so a game is the same on any
@@ -451,6 +489,7 @@ class SelfPlayModule(L.LightningModule):
                 metrics[f"{role}/reward"] = sum(rewards) / len(rewards)
         counters = [c for c in ("unparsed", "failed", "requests")  # running totals kept by model-based judges
                     if isinstance(getattr(self.judge, c, None), int)]
+        metrics["game/truncated_prompts"] = float(collective.sum(torch.tensor(self._truncated)))
         totals = collective.sum(torch.tensor([getattr(self.judge, c) for c in counters] + [self._generated_tokens]))
         for counter, total in zip(counters, totals.tolist()):
             metrics[f"judge/{counter}"] = total
