@@ -201,5 +201,7 @@ def stacked_config_files(paths: list[str], key: str = "--config") -> dict:
         except OSError as err:
             raise ConfigError(key, f"cannot read {path} ({err.strerror})", "pass a training config file") from None
         except yaml.YAMLError as err:
-            raise ConfigError(key, f"{path} is not valid YAML ({str(err).splitlines()[0]})", "fix the file") from None
+            from abspo.parse_errors import yaml_error
+
+            raise yaml_error(path, err) from None
     return out

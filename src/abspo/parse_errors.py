@@ -40,15 +40,19 @@ def check_config_files(argv: list[str]) -> None:
         try:
             yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            # The context mark is where the broken construct opened (a bracket, a block), the problem mark where the
-            # parser gave up (often the end of the file): the first is the line to look at.
-            mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            problem = " ".join(x for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) \
-                or str(err).splitlines()[0]
-            raise ConfigError(where, f"not valid YAML: {problem}",
-                              "fix the syntax at that line (indentation, a missing ':', an unclosed bracket or quote)"
-                              ) from None
+            raise yaml_error(path, err) from None
+
+
+def yaml_error(path: str | Path, err: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as ``file:line: not valid YAML: ...``. The context mark is where the broken construct
+    opened (a bracket, a block), the problem mark where the parser gave up (often the end of the file): the first
+    is the line to look at."""
+    mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    problem = " ".join(x for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) \
+        or str(err).splitlines()[0]
+    return ConfigError(where, f"not valid YAML: {problem}",
+                       "fix the syntax at that line (indentation, a missing ':', an unclosed bracket or quote)")
 
 
 def accepted_options(class_path: str) -> list[str]:
