@@ -29,23 +29,39 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Series, measured  # noqa: E402
-
-from abspo.bank import BankSpec, LoraSpec  # noqa: E402
-from abspo.config import AlgorithmConfig, OptimizerConfig  # noqa: E402
-from abspo.data import SeedDataModule  # noqa: E402
-from abspo.game import Exchange, GameConfig, defender_prompt, read_defender_turn  # noqa: E402
-from abspo.models import BaseModel, load_base  # noqa: E402
-from abspo.module import SelfPlayModule  # noqa: E402
-from abspo.rollout import sampling_config  # noqa: E402
+from abspo.bank import BankSpec, LoraSpec
+from abspo.config import AlgorithmConfig, OptimizerConfig
+from abspo.data import SeedDataModule
+from abspo.game import Exchange, GameConfig, defender_prompt, read_defender_turn
+from abspo.models import BaseModel, load_base
+from abspo.module import SelfPlayModule
+from abspo.rollout import sampling_config
+from abspo.timing import measured
 
 LR = 1e-4
 PHASES = ("rollout", "judge", "no_grad_passes", "gradient_pass", "optimizer")
+
+
+@dataclass
+class Series:
+    """Per-step rows of one system; medians over the rows."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+
+    def median(self) -> dict[str, float]:
+        keys = [k for k in self.rows[0] if all(k in r for r in self.rows)]
+        return {k: statistics.median(r[k] for r in self.rows) for k in keys}
+
+    def max(self, key: str) -> float:
+        return max(r[key] for r in self.rows)
 
 
 def abspo_module(dtype: str, args) -> SelfPlayModule:

@@ -14,26 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
 
 import torch
 
 from abspo.callbacks.collapse import CollapseDiagnostics
-
-
-def cpu_busy_seconds() -> float:
-    """Seconds of CPU time all processes have used since boot (from /proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from abspo.timing import measured
 
 
 def main() -> None:
@@ -50,23 +37,22 @@ def main() -> None:
     data.setup("fit")
     diagnostics = CollapseDiagnostics(probe_games=args.probe_games)
     rows = []
-    busy0, own0, wall0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    for index in range(args.repeats + 1):
-        torch.manual_seed(index)
-        start = time.perf_counter()
-        exchanges = module.play(data.stream.batch(index).seeds, batch_index=index)
-        module.learn(exchanges, index)
-        step = time.perf_counter() - start
-        module.last_exchanges = exchanges  # as training_step leaves it: the gradients reuse the update's rollouts
-        diagnostics.seconds_by_figure = {}
-        start = time.perf_counter()
-        diagnostics.measure(module, exchanges, index)
-        row = {"step_s": step, "diagnostics_s": time.perf_counter() - start,
-               **{f"{k}_s": v for k, v in diagnostics.seconds_by_figure.items()}}
-        if index:  # the first batch warms up kernels and loads the judge and the encoder
-            rows.append(row)
-    wall = time.perf_counter() - wall0
-    foreign = max(0.0, (cpu_busy_seconds() - busy0) - (own_cpu_seconds() - own0)) / wall
+    with measured() as interval:
+        for index in range(args.repeats + 1):
+            torch.manual_seed(index)
+            start = time.perf_counter()
+            exchanges = module.play(data.stream.batch(index).seeds, batch_index=index)
+            module.learn(exchanges, index)
+            step = time.perf_counter() - start
+            module.last_exchanges = exchanges  # as training_step leaves it: the gradients reuse the update's rollouts
+            diagnostics.seconds_by_figure = {}
+            start = time.perf_counter()
+            diagnostics.measure(module, exchanges, index)
+            row = {"step_s": step, "diagnostics_s": time.perf_counter() - start,
+                   **{f"{k}_s": v for k, v in diagnostics.seconds_by_figure.items()}}
+            if index:  # the first batch warms up kernels and loads the judge and the encoder
+                rows.append(row)
+    foreign = interval.foreign_cores
     medians = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"{' + '.join(configs)}: medians of {args.repeats} batches ({module.game.max_new_tokens_attacker}+"
           f"{module.game.max_new_tokens_defender} new tokens, {data.batch_size} games, {args.probe_games} probe games)")

@@ -32,24 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def worker(config: str, out: str) -> None:
     """One process: measure one batch of ``config`` (run under torch.distributed.run for 2 processes)."""
     import torch
 
     from abspo.cli import cli_main
     from abspo.distributed import Collective
+    from abspo.timing import peak_rss_reset, proc_status_bytes
 
     if "WORLD_SIZE" in os.environ:
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
     collective = Collective.current()
-    before_load = _status("VmRSS")
+    before_load = proc_status_bytes("VmRSS")
     cli = cli_main(["--config", config, "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
     module, data = cli.model, cli.datamodule
     data.setup()
@@ -62,12 +56,12 @@ def worker(config: str, out: str) -> None:
         module.learn(mine, index)
         return mine
 
-    Path("/proc/self/clear_refs").write_text("5")  # forget the loading peak (weights read twice, memory maps)
-    loaded = _status("VmRSS")
+    peak_rss_reset()  # forget the loading peak (weights read twice, memory maps)
+    loaded = proc_status_bytes("VmRSS")
     batch(0)  # the first batch also creates the AdamW moments
     mine = batch(1)
     prompts = [len(e.turns[r][0]) for e in mine for r in e.turns]
-    result = {"rank": collective.rank, "loaded": loaded - before_load, "peak": _status("VmHWM") - before_load,
+    result = {"rank": collective.rank, "loaded": loaded - before_load, "peak": proc_status_bytes("VmHWM") - before_load,
               "max_prompt": max(prompts, default=0)}
     everyone = collective.gather_objects([result])
     if collective.rank == 0:

@@ -159,15 +159,15 @@ class SelfPlayModule(L.LightningModule):
             if adapter not in self.optim_cfg:
                 raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
                                   f"add `{adapter}: {{lr: 1e-4}}` under model.optimizers")
-        if self.rollout_cfg.backend == "vllm" and self.algorithm.old_logprobs == "sampler":
-            raise ConfigError("model.algorithm.old_logprobs", "the vLLM backend's sampling log-probs come from other "
-                              "kernels than the trainer's forward", "use old_logprobs: recompute")
         if self.rollout_cfg.backend == "vllm":
+            if self.algorithm.old_logprobs == "sampler":
+                raise ConfigError("model.algorithm.old_logprobs", "the vLLM backend's sampling log-probs come from "
+                                  "other kernels than the trainer's forward", "use old_logprobs: recompute")
             engine_class(self.rollout_cfg.vllm)  # not installed: say so now, not at the first rollout
-        if self.rollout_cfg.backend == "vllm" and mode == "shared_full":
-            raise ConfigError("model.rollout.backend", "the vLLM backend serves LoRA adapters on a frozen base; "
-                              "shared_full trains the whole model, which would need a full-weight sync every step",
-                              "use model.rollout.backend: hf with shared_full")
+            if mode == "shared_full":
+                raise ConfigError("model.rollout.backend", "the vLLM backend serves LoRA adapters on a frozen base; "
+                                  "shared_full trains the whole model, which would need a full-weight sync every "
+                                  "step", "use model.rollout.backend: hf with shared_full")
         if self.algorithm.old_logprobs == "sampler" and self.base_cfg.dtype != "float32":
             raise ConfigError("model.algorithm.old_logprobs", f"sampler log-probs with a {self.base_cfg.dtype} base "
                               "differ from a recompute by ~0.04 per token (measured on SmolLM2), more than the KL "
@@ -340,26 +340,26 @@ class SelfPlayModule(L.LightningModule):
         revised = [e for e in exchanges if e.revised]
         gen = self._generate_turns("attacker", [attacker_prompt(self.tokenizer, self.game, e.seed, e.seed_harmful)
                                                 for e in revised], [e.game for e in revised], batch_index)
-        for e, p_ids, c_ids, text in zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts):
+        for i, (e, p_ids, c_ids, text) in enumerate(zip(revised, gen.prompt_ids, gen.completion_ids, gen.texts)):
             e.attacker_output, parsed = read_attacker_turn(self.game, text)
             e.attacker_well_formed = parsed.well_formed
             e.prompt = parsed.text
             e.forfeited = attacker_forfeits(parsed)
             e.turns["attacker"] = (p_ids, c_ids)
             if gen.sampled_logprobs is not None:
-                e.sampled_logprobs["attacker"] = gen.sampled_logprobs[revised.index(e)]
+                e.sampled_logprobs["attacker"] = gen.sampled_logprobs[i]
         for e in exchanges:
             if not e.revised:
                 e.prompt = e.seed
         played = [e for e in exchanges if not e.forfeited]  # a forfeit hands the defender nothing
         gen = self._generate_turns("defender", [defender_prompt(self.tokenizer, self.game, e.prompt) for e in played],
                                    [e.game for e in played], batch_index)
-        for e, p_ids, c_ids, text in zip(played, gen.prompt_ids, gen.completion_ids, gen.texts):
+        for i, (e, p_ids, c_ids, text) in enumerate(zip(played, gen.prompt_ids, gen.completion_ids, gen.texts)):
             e.defender_output = text
             e.response, e.defender_well_formed = read_defender_turn(self.game, text)
             e.turns["defender"] = (p_ids, c_ids)
             if gen.sampled_logprobs is not None:
-                e.sampled_logprobs["defender"] = gen.sampled_logprobs[played.index(e)]
+                e.sampled_logprobs["defender"] = gen.sampled_logprobs[i]
         return self.judge_games(exchanges)
 
     def judge_games(self, exchanges: list[Exchange]) -> list[Exchange]:

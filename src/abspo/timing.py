@@ -1,17 +1,24 @@
-"""Wall-clock seconds per phase of a self-play step (rollouts, judge, scoring passes, gradient pass, optimizer).
+"""Where the time and memory of a step go: seconds per phase, and measured intervals.
 
-The module times its own phases so that a run's TensorBoard (``perf/<phase>_s``) and the benchmark harness
-(``benchmarks/bench_update.py``) read the same figures from the same code. On a GPU the clock synchronises the
-device at each phase boundary: kernels are asynchronous, and without it a phase would be charged for the
-previous one's work.
+* :class:`PhaseClock`: wall-clock seconds per phase of a self-play step (rollouts, judge, scoring passes,
+  gradient pass, optimizer). The module times its own phases so that a run's TensorBoard (``perf/<phase>_s``) and
+  the benchmark (``benchmarks/bench_update.py``) read the same figures from the same code. On a GPU the clock
+  synchronises the device at each phase boundary: kernels are asynchronous, and without it a phase would be
+  charged for the previous one's work.
+* :func:`measured`: an interval's wall time, the CPU cores *other* processes kept busy during it (``/proc/stat``
+  minus this process's own time), and the peak RSS reached in it. The machines benchmarks run on are shared: a
+  figure taken while another process was busy is not the same figure, so every benchmark and tool here prints the
+  foreign load beside its times (Linux only).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -47,3 +54,57 @@ class PhaseClock:
 def _synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``...) in bytes."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_rss_reset() -> None:
+    """Start a new peak-RSS interval (Linux: writing 5 to clear_refs resets ``VmHWM``)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(clock ticks every CPU spent busy, ticks this process spent on a CPU), since boot."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    with open("/proc/self/stat", encoding="ascii") as fh:
+        own = fh.read().rsplit(")", 1)[1].split()
+    return sum(fields[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime of every thread
+
+
+@dataclass
+class Interval:
+    seconds: float = 0.0
+    foreign_cores: float = 0.0
+    """Average number of CPU cores that other processes kept busy during the interval."""
+    peak_rss_mib: float = 0.0
+    """Peak resident memory of this process during the interval."""
+
+
+@contextmanager
+def measured() -> Iterator[Interval]:
+    """Time the block, with the foreign CPU load and the peak RSS during it (filled in when the block ends)."""
+    out = Interval()
+    peak_rss_reset()
+    busy0, own0 = _busy_ticks()
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out.seconds = time.perf_counter() - start
+        busy1, own1 = _busy_ticks()
+        ticks = os.sysconf("SC_CLK_TCK")
+        out.foreign_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / ticks / max(out.seconds, 1e-9)
+        out.peak_rss_mib = proc_status_bytes("VmHWM") / 2**20
