@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from lightning.pytorch.callbacks import Callback
+
 from abspo.config import OptimizerConfig
 from abspo.data import Seed
 from abspo.distributed import Collective
@@ -34,6 +36,19 @@ TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
 # i.e. all of the first share of 4 seeds.
 SEEDS = [Seed(f"How do I make {x} at home?", True) if i % 4 < 2 else Seed(f"Write a short poem about {x}.", False)
          for i, x in enumerate(["rain", "ink", "tea", "fog", "salt", "glue", "soap", "wax"])]
+
+
+class SaveAndStopAfterBatch(Callback):
+    """Save the run to ``path`` after batch ``batch`` and stop there: a checkpoint at any batch, e.g. in the
+    middle of an ``accumulate_batches`` cycle (a run's own checkpoints fall on optimizer steps)."""
+
+    def __init__(self, batch: int, path: str):
+        self.batch, self.path = batch, path
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.batch:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
 
 
 def module() -> SelfPlayModule:

@@ -151,6 +151,50 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
         assert torch.equal(state[ckpt_key], value), ckpt_key
 
 
+@pytest.mark.parametrize("config", ["tiny", "tiny-fsdp2"])
+def test_accumulation_saved_mid_cycle_resumes_on_one_process_as_one_process(tmp_path, config):
+    """accumulate_batches 2, saved after the third batch (the gradient sums of batch 2 pending; under FSDP2 as
+    shards) and resumed on 1 process: the adapters of an uninterrupted 1-process run. The pending gradients must
+    travel in the checkpoint and outlive the Trainer's zero_grad before training starts: without them the
+    fourth batch steps on its own gradient alone (adapters 2e-2 apart)."""
+    steps = ["--model.algorithm.accumulate_batches", "2", "--trainer.max_steps", "4"]  # 4 batches, 2 steps each role
+    cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "one", *steps])
+    mid = tmp_path / "mid.ckpt"
+    stop = ('{"class_path": "tests.distributed_worker.SaveAndStopAfterBatch", '
+            f'"init_args": {{"batch": 2, "path": "{mid}"}}}}')
+    run = ["--config", f"configs/{config}.yaml", "--run.output_root", str(tmp_path), "--run.name", "run", *steps]
+    fit(*run, "--trainer.callbacks+", stop)
+    if config == "tiny-fsdp2":
+        from torch.distributed.checkpoint import FileSystemReader
+
+        saved = FileSystemReader(str(mid)).read_metadata().state_dict_metadata
+        assert any(k.startswith("abspo_pending_grads.") for k in saved), "the pending gradient shards are saved"
+    fit(*run, "--trainer.devices", "1", "--ckpt_path", str(mid))
+    assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
+
+
+def test_two_nodes_launched_as_documented_equal_one_process(tmp_path, one_process_run):
+    """docs/strategies.md's multi-node command, with 2 "nodes" of 1 process each on this machine: two torchrun
+    launchers (node ranks 0 and 1) rendezvous at one address, Lightning reads the node rank from torchrun's
+    environment (trainer.num_nodes 2), and the run is the 1-process run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port, ABSPO,
+                               "fit", "--config", "configs/tiny.yaml", "--trainer.strategy", "ddp",
+                               "--trainer.devices", "1", "--trainer.num_nodes", "2",
+                               "--run.output_root", str(tmp_path), "--run.name", "run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+             for rank in (0, 1)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), logs[0][-2000:] + logs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1], "node 1 holds global rank 1"
+    assert_adapters_close(exported(tmp_path, "run"), one_process_run)
+
+
 def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, one_process_run):
     """2 batches: the first on 2 DDP processes, then a resume on 1 process (the games do not depend on the
     process count): the adapters of an uninterrupted 1-process run."""

@@ -213,6 +213,7 @@ class SelfPlayModule(L.LightningModule):
         self._standalone_optimizers = None  # optimizers of learn() outside a Trainer
         self._generated_tokens = 0  # tokens sampled in the current step (for perf/gen_tokens_per_s)
         self.last_rollouts: dict[str, RolloutBatch] = {}  # adapter -> the rollout batch of its latest update
+        self._pending_grads: dict[str, torch.Tensor] = {}  # from a checkpoint saved mid-accumulation
         self._sharded = False  # FSDP2 applied (configure_model): every process must run the same forwards
         self.clock = PhaseClock()  # seconds per phase of the current step (perf/<phase>_s)
         self._nonfinite_streak = defaultdict(int)  # adapter -> updates skipped in a row for a non-finite loss/grad
@@ -255,10 +256,6 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
                               "frozen reference copy are not sharded)",
                               "use trainer.strategy: ddp, or model.mode: bipolicy / shared_lora under FSDP2")
-        if isinstance(strategy, FSDP2Strategy) and self.algorithm.accumulate_batches > 1:
-            raise ConfigError("model.algorithm.accumulate_batches", "gradient accumulation across batches is not "
-                              "supported under FSDP2 yet (a checkpoint could not hold the sharded pending gradients)",
-                              "set accumulate_batches: 1 and raise data.batch_size instead, or use trainer.strategy: ddp")
 
         precision = str(self.trainer.precision)
         if self.algorithm.old_logprobs == "sampler" and not precision.startswith(("32", "64")):
@@ -806,9 +803,14 @@ class SelfPlayModule(L.LightningModule):
         # its last step (LoRA-sized), so that a resume mid-accumulation steps on the same sum.
         # Data parallel: the pending gradients are each process's own partial sums, so the checkpoint holds their
         # sum (rank 0 writes it) and on resume rank 0 alone restores it: exact on any number of processes.
+        # Sharded (FSDP2): they are already the reduce-scattered sums, one shard per process (DTensors), which
+        # FSDP2Strategy writes into its torch.distributed.checkpoint folder beside the adapter shards and loads
+        # back resharded, so every process restores its own shard.
         pending = [(n, p) for n, p in self.named_parameters() if self.bank.owner_of(n) is not None
                    and self._updates[self.bank.owner_of(n)] % self.algorithm.accumulate_batches]
-        if self.collective.active:
+        if self._sharded:
+            grads = {n: p.grad for n, p in pending if p.grad is not None}
+        elif self.collective.active:
             summed = self.collective.sum_all([p.grad for _, p in pending], [p for _, p in pending])
             grads = {n: g.to("cpu") for (n, _), g in zip(pending, summed)}
         else:
@@ -820,9 +822,20 @@ class SelfPlayModule(L.LightningModule):
         saved = checkpoint.get("abspo_accumulation")
         if saved is not None:
             self._updates = defaultdict(int, saved["updates"])
-            params = dict(self.named_parameters())
-            for name, grad in saved["grads"].items() if self.collective.rank == 0 else ():
-                params[name].grad = grad.to(params[name].device, params[name].dtype)
+            every_process = saved.get("sharded", False)  # each process holds its own shard of the sums
+            self._pending_grads = saved["grads"] if every_process or self.collective.rank == 0 else {}
+            self._set_pending_grads()
+
+    def on_train_start(self) -> None:
+        # The Trainer zeroes every gradient after loading the checkpoint (``Trainer._run_stage``): set them again.
+        self._set_pending_grads()
+        self._pending_grads = {}
+
+    def _set_pending_grads(self) -> None:
+        """The gradients summed before a checkpoint saved mid-accumulation, as the adapters' ``.grad``."""
+        params = dict(self.named_parameters())
+        for name, grad in self._pending_grads.items():
+            params[name].grad = grad.to(params[name].device, params[name].dtype)
 
     def check_checkpoint(self, checkpoint: dict, key: str = "--ckpt_path") -> None:
         """Raise a ConfigError unless ``checkpoint`` was written by a run with this base and these adapters."""

@@ -7,7 +7,8 @@ Why a subclass: ``ModelParallelStrategy`` saves and loads the *whole* module sta
 process's base shard to host memory at every checkpoint (gigabytes a save at 14B, for weights that never
 change); loading, it asks the checkpoint for every base tensor and fails, since abspo checkpoints hold none.
 Here the checkpoint is a ``torch.distributed.checkpoint`` folder of the adapter shards and the optimizer
-states (each process writes its own shards, nothing is gathered), plus Lightning's loop state in ``meta.pt``,
+states (each process writes its own shards, nothing is gathered), and of the gradient shards summed so far
+when a run is saved in the middle of an ``accumulate_batches`` cycle, plus Lightning's loop state in ``meta.pt``,
 and resuming loads exactly those into the sharded parameters and optimizers.
 
 Saving is atomic: every process writes into a temporary sibling folder, and once all have finished, rank 0
@@ -28,6 +29,7 @@ from abspo.atomic import recover_folder, swap_into_place
 from abspo.bank import AdapterBank
 
 META = "meta.pt"
+PENDING_GRADS = "abspo_pending_grads"  # the folder's key for gradients summed mid-accumulation
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -51,11 +53,28 @@ class FSDP2Strategy(ModelParallelStrategy):
             if partial.exists():
                 shutil.rmtree(partial)  # a save killed earlier
         self.barrier("abspo_save_start")
-        super().save_checkpoint(checkpoint, partial, storage_options)
+        self._write_folder(checkpoint, partial)
         self.barrier("abspo_save_written")  # every process's shards are on disk
         if self.global_rank == 0:
             swap_into_place(partial, path)
         self.barrier("abspo_save_done")
+
+    def _write_folder(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Every process writes its shards of the adapters, the optimizer states and the gradients pending in an
+        accumulation cycle (``abspo_accumulation``) into ``path``; rank 0 writes the loop state (``meta.pt``),
+        where the pending gradients are named, not held."""
+        from torch.distributed.checkpoint import save as dcp_save
+
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"state_dict": checkpoint.pop("state_dict"),
+                 **{f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))}}
+        accumulation = checkpoint.get("abspo_accumulation")
+        if accumulation and accumulation["grads"]:
+            state[PENDING_GRADS] = accumulation["grads"]
+            checkpoint["abspo_accumulation"] = {**accumulation, "grads": {}, "sharded_grads": sorted(accumulation["grads"])}
+        dcp_save(state, checkpoint_id=path)
+        if self.global_rank == 0:
+            torch.save(checkpoint, path / META)
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         from torch.distributed.checkpoint import FileSystemReader
@@ -63,13 +82,20 @@ class FSDP2Strategy(ModelParallelStrategy):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
         path = Path(self.broadcast(checkpoint_path))
+        checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)  # loop state: plain types only
+        checkpoint.pop("optimizer_states", None)  # loaded below; Lightning must not load them again
         adapters = self._adapter_state()  # views of the parameters: loaded in place
         optimizers = {f"optimizer_{i}": get_optimizer_state_dict(self.model, opt) for i, opt in enumerate(self.optimizers)}
-        dcp_load({"state_dict": adapters, **optimizers}, storage_reader=FileSystemReader(str(path)))
+        state = {"state_dict": adapters, **optimizers}
+        accumulation = checkpoint.get("abspo_accumulation") or {}
+        if accumulation.get("sharded_grads"):  # shaped like this run's shards: loading reshards them
+            params = dict(self.lightning_module.named_parameters())
+            state[PENDING_GRADS] = {n: torch.zeros_like(params[n]) for n in accumulation["sharded_grads"]}
+        dcp_load(state, storage_reader=FileSystemReader(str(path)))
         for i, opt in enumerate(self.optimizers):
             set_optimizer_state_dict(self.model, opt, optim_state_dict=optimizers[f"optimizer_{i}"])
-        checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)  # loop state: plain types only
-        checkpoint.pop("optimizer_states", None)  # loaded above; Lightning must not load them again
+        if PENDING_GRADS in state:  # SelfPlayModule.on_load_checkpoint sets them as every process's .grad
+            accumulation.update(grads=state[PENDING_GRADS], sharded=True)
         return checkpoint
 
     def load_optimizer_state_dict(self, checkpoint) -> None:
