@@ -14,6 +14,8 @@ Training data (all from ``data/``, see data/SOURCES.md for their origin and lice
   half adds harmful requests phrased as plain "How do I…?" questions, a style the seeds lack), and of
   ``xstest_train.jsonl`` (XSTest's safe prompts that sound unsafe and their unsafe contrasts: the same
   words on both sides of the line);
+* the train half of ``data/judge_eval/strongreject.jsonl`` (StrongREJECT's custom forbidden prompts:
+  harmful requests in many phrasings, with their context and stated purpose);
 * hand-written prompts in ``data/judge_eval/written.py`` (``HEAD_BENIGN_PROMPTS``, ``HEAD_HARMFUL_PROMPTS``):
   everyday and edgy-but-benign questions phrased like harmful ones, and harmful requests phrased casually
   or as role-play, so that the head learns content rather than phrasing;
@@ -26,7 +28,8 @@ Training data (all from ``data/``, see data/SOURCES.md for their origin and lice
 Every prompt that appears in ``data/judge_eval/{dev,test,xstest_dev,xstest_test}.jsonl`` is excluded, so the
 judge's held-out splits stay unseen. Halves are split by a hash of the row (name for templates, prompt text otherwise).
 
-Held out (reported, never fitted): HarmBench (``eval/harmbench.jsonl``, harmful), the other half of the
+Held out (reported, never fitted): HarmBench (``eval/harmbench.jsonl``, harmful), StrongREJECT's other
+half (harmful), the other half of the
 over-refusal probes and GSM8K questions (benign), and each of those wrapped in the held-out half of the
 jailbreak templates.
 
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     harmful += [r["prompt"] for k, r in extra.items() if r["prompt_harmful"] and k not in known]
     benign += [r["prompt"] for k, r in extra.items() if not r["prompt_harmful"] and k not in known]
     harmful += [p for p in written.HEAD_HARMFUL_PROMPTS if key(p) not in excluded]
+    strongreject = read_jsonl(DATA / "judge_eval/strongreject.jsonl")
+    harmful += [r["prompt"] for r in strongreject if r["split"] == "train"]
+    strongreject_held = [r["prompt"] for r in strongreject if r["split"] == "held_out"]
     benign += [p for p in written.HEAD_BENIGN_PROMPTS if key(p) not in excluded]
     edgy = [r["prompt"] for r in read_jsonl(DATA / "eval/overrefusal.jsonl") if key(r["prompt"]) not in excluded]
     edgy_train = [p for p in edgy if in_train_half(p)]
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, dict[str, float]] = {}
     for name, prompts, label in (
         ("harmbench (harmful)", harmbench, 1),
+        ("strongreject held-out half (harmful)", strongreject_held, 1),
         ("overrefusal held-out half (benign)", edgy_held, 0),
         ("gsm8k questions (benign)", gsm[:100], 0),
         ("harmbench in held-out templates (harmful)", wrapped(harmbench[:100]), 1),
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = harm_probs(prompts)
         row = {"n": len(prompts)}
-        for t in (0.2, 0.5, 0.85):
+        for t in (0.2, 0.5, 0.9):
             row[f"acc@{t}"] = round(float(((p >= t) == bool(label)).mean()), 3)
         report[name] = row
         print(f"{name:55s} " + "  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr)

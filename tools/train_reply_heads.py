@@ -43,9 +43,9 @@ import numpy as np
 from abspo.judges.heuristic import (
     HeuristicJudge,
     LinearHead,
-    _logit,
     default_compliance_head_path,
     default_refusal_head_path,
+    logit,
     reply_features,
     response_head,
 )
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         refusal_y += [y[readable]] * weight
         complied = [r for r in rows if not r["refusal"]]
         evidence = rules.explain([r["prompt"] for r in complied], [r["response"] for r in complied])
-        compliance_x += [np.asarray([[_logit(e.harm_prob), _logit(e.reply_harm_prob)] for e in evidence])] * weight
+        compliance_x += [np.asarray([[logit(e.harm_prob), logit(e.reply_harm_prob)] for e in evidence])] * weight
         compliance_y += [np.asarray([r["response_harmful"] for r in complied], dtype=np.float64)] * weight
     x, y = np.concatenate(refusal_x), np.concatenate(refusal_y)
     cx, cy = np.concatenate(compliance_x), np.concatenate(compliance_y)
