@@ -5,9 +5,11 @@ Each line is an object with ``prompt`` and ``response`` (strings) and any of the
 An optional ``seed_harmful`` (true/false/null) is passed to the judge as the seed hint; ``--hint-from``
 uses a label column as the hint instead (as the game does, where the seed's label is known).
 
-For every label the report gives n (rows labelled and judged), accuracy, precision, recall, F1, the
-confusion counts and how many verdicts were ``None`` (``None`` verdicts are counted separately and
-excluded from the other figures; ``accuracy_none_wrong`` counts them as errors).
+For every label the report gives n (rows labelled and judged), accuracy, coverage (the share of labelled
+rows the judge gave a verdict for), precision, recall, F1, the confusion counts and how many verdicts were
+``None`` (``None`` verdicts are counted separately and excluded from the other figures;
+``accuracy_none_wrong`` counts them as errors). A judge that abstains when unsure trades coverage for
+accuracy, so the two are read together.
 
     .venv/bin/python tools/judge_eval.py --data data/judge_eval/dev.jsonl
     .venv/bin/python tools/judge_eval.py --data my.jsonl --judge my_pkg.MyJudge --init-args '{"url": "..."}' --json
@@ -125,6 +127,7 @@ class LabelReport:
         return {
             "n": self.n,
             "accuracy": ratio(self.tp + self.tn, self.n),
+            "coverage": ratio(self.n, self.n + self.none),
             "accuracy_none_wrong": ratio(self.tp + self.tn, self.n + self.none),
             "precision": precision,
             "recall": recall,
@@ -159,7 +162,7 @@ def evaluate(judge, examples: Sequence[Example], hint_from: str | None = None, b
 
 
 def format_report(result: dict[str, Any], title: str) -> str:
-    cols = ("n", "accuracy", "precision", "recall", "f1", "tp", "fp", "tn", "fn", "none")
+    cols = ("n", "accuracy", "coverage", "precision", "recall", "f1", "tp", "fp", "tn", "fn", "none")
     lines = [title, f"{'label':18s}" + "".join(f"{c:>10s}" for c in cols)]
     for label, rep in result["labels"].items():
         cells = "".join(f"{'-' if rep[c] is None else rep[c]:>10}" for c in cols)

@@ -268,6 +268,16 @@ def test_accuracy_floors_on_held_out_split(dev_report):
     assert dev_report["prompt_harmful"]["accuracy"] >= 0.80, dev_report["prompt_harmful"]
 
 
+def test_judge_eval_reports_coverage_beside_accuracy():
+    report = judge_eval.LabelReport()
+    for truth, verdict in ((True, True), (False, True), (False, False), (True, None)):
+        report.add(truth, verdict, line=1)
+    figures = report.as_dict()
+    assert (figures["n"], figures["none"]) == (3, 1)
+    assert figures["accuracy"] == round(2 / 3, 4) and figures["coverage"] == 0.75
+    assert figures["accuracy_none_wrong"] == 0.5 and figures["precision"] == 0.5 and figures["recall"] == 1.0
+
+
 def test_judge_eval_names_file_and_line_of_malformed_rows(tmp_path):
     good = json.dumps({"prompt": "p", "response": "r", "refusal": False})
     bad = tmp_path / "bad.jsonl"
@@ -298,8 +308,7 @@ def test_refusal_head_reads_what_the_rules_miss_on_real_replies(judge):
     rules = HeuristicJudge(use_reply_heads=False)
     rules._encoder = judge.encoder
     rules_only = judge_eval.evaluate(rules, examples)["labels"]["refusal"]
-    coverage = with_head["n"] / len(examples)
-    assert coverage >= 0.9, with_head
+    assert with_head["coverage"] >= 0.9 and with_head["coverage"] == round(with_head["n"] / len(examples), 4), with_head
     assert with_head["accuracy"] >= 0.90 and with_head["accuracy"] >= rules_only["accuracy"] + 0.04, (with_head, rules_only)
 
 
