@@ -18,7 +18,6 @@ import datetime
 import sys
 
 import torch
-
 from lightning.pytorch.callbacks import Callback
 
 from abspo.config import OptimizerConfig

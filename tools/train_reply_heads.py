@@ -43,10 +43,10 @@ import numpy as np
 from abspo.judges.heuristic import (
     HeuristicJudge,
     LinearHead,
+    compliance_head_input,
     default_compliance_head_path,
     default_refusal_head_path,
-    logit,
-    reply_features,
+    refusal_head_input,
     response_head,
 )
 
@@ -64,7 +64,7 @@ def features(judge: HeuristicJudge, rows: list[dict]) -> tuple[np.ndarray, np.nd
     x, readable = [], []
     for row, ev, vec in zip(rows, evidence, vectors):
         reply, reads = judge.reply_evidence(row["response"], ev.topic_similarity)
-        x.append(np.concatenate([vec, np.asarray(reply_features(reply, ev.topic_similarity), dtype=np.float32)]))
+        x.append(refusal_head_input(vec, reply, ev.topic_similarity))
         readable.append(reads)
     return np.stack(x), np.asarray(readable)
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         refusal_y += [y[readable]] * weight
         complied = [r for r in rows if not r["refusal"]]
         evidence = rules.explain([r["prompt"] for r in complied], [r["response"] for r in complied])
-        compliance_x += [np.asarray([[logit(e.harm_prob), logit(e.reply_harm_prob)] for e in evidence])] * weight
+        compliance_x += [np.stack([compliance_head_input(e.harm_prob, e.reply_harm_prob) for e in evidence])] * weight
         compliance_y += [np.asarray([r["response_harmful"] for r in complied], dtype=np.float64)] * weight
     x, y = np.concatenate(refusal_x), np.concatenate(refusal_y)
     cx, cy = np.concatenate(compliance_x), np.concatenate(compliance_y)
