@@ -172,3 +172,11 @@ def test_a_bad_config_file_is_one_line_naming_file_line_and_key(capsys, tmp_path
 def test_an_unknown_option_suggests_the_closest_one(capsys, tmp_path, option, suggestion):
     err = run_main(capsys, "--run.output_root", str(tmp_path), option, "3")
     assert len(err.strip().splitlines()) == 1 and f"{option}: unknown option. Fix: did you mean '{suggestion}'" in err
+
+
+def test_rollout_decoding_settings_that_cannot_work(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.rollout.hf.compile", "true")
+    assert "model.rollout.hf.compile" in err and "Fix: set model.rollout.hf.cache: static" in err
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.rollout.hf.cache", "static",
+                   "--model.rollout.hf.compile", "true", "--model.algorithm.old_logprobs", "sampler")
+    assert "model.algorithm.old_logprobs" in err and "compiled decoding" in err and "old_logprobs: recompute" in err

@@ -6,7 +6,9 @@ from tools.gpu_check import main
 
 
 def test_gpu_check_dry_run_plays_judges_and_updates_both_roles(tmp_path):
-    (row,) = main(["--tiny", "--json", str(tmp_path / "gpu.json")])
+    row, decoding = main(["--tiny", "--json", str(tmp_path / "gpu.json")])
     assert row["updated"] == ["attacker/grad_norm", "defender/grad_norm"], "the random judge's labels let both learn"
     assert row["generated_tokens"] > 0 and row["judge_s"] > 0 and row["update_s"] > 0
     assert row["planned_gib"] > 0 and (tmp_path / "gpu.json").is_file()
+    options = decoding["decoding"]
+    assert set(options) == {"dynamic", "static"} and all(o["same"] == 1.0 and o["tokens"] > 0 for o in options.values())

@@ -408,3 +408,25 @@ def defender_prompt_text(module, prompt: str) -> str:
     from abspo.game import defender_prompt
 
     return defender_prompt(module.tokenizer, module.game, prompt)
+
+
+def test_static_cache_and_compiled_decoding_play_the_games_of_plain_decoding(judge, seeds):
+    """model.rollout.hf reaches generate: the same batch played through a static cache with compiled decoding
+    (aot_eager: dynamo's graphs and guards) gives every attacker and defender turn of plain decoding."""
+    from torch._dynamo.utils import counters
+
+    from abspo.rollout import DecodingConfig
+    from abspo.vllm_rollouts import RolloutConfig
+    from tests.conftest import perturb
+
+    torch._dynamo.reset()
+    fast = RolloutConfig(hf=DecodingConfig(cache="static", compile=True, compile_backend="aot_eager"))
+    modules = [make(judge), make(judge, rollout=fast)]
+    for module in modules:
+        perturb(module.bank.role_parameters("attacker"), 1, scale=3.0)
+        perturb(module.bank.role_parameters("defender"), 2, scale=3.0)
+    before = counters["stats"]["unique_graphs"]
+    plain, compiled = ([(e.attacker_output, e.defender_output) for e in m.play(seeds.batch(0).seeds)] for m in modules)
+    assert counters["stats"]["unique_graphs"] > before, "the rollouts went through the compiled forward"
+    assert compiled == plain and any(a for a, _ in plain) and all(d for _, d in plain)
+    torch._dynamo.reset()

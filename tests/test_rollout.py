@@ -146,3 +146,69 @@ def test_token_logprobs_match_the_plain_formula_in_value_entropy_and_gradient(mo
         torch.testing.assert_close(entropy, plain_entropy.detach(), atol=1e-4, rtol=1e-5)
         tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the gradient is rounded to the logits' dtype
         torch.testing.assert_close(mine_in.grad.float(), plain_in.grad.float(), atol=tol, rtol=tol)
+
+
+# -- decoding speed-ups: a static KV cache and compiled decoding change no token ----------------------------------
+
+
+def _role_generations(bank, tok, decoding, roles, new_tokens=7):
+    out = []
+    for role in roles:
+        with bank.role(role) as model:
+            out.append(generate(model, tok, PROMPTS, new_tokens, 1.0, keys=[11, 12, 13], decoding=decoding).completion_ids)
+    return out
+
+
+@pytest.mark.parametrize("new_tokens", [3, 9])
+def test_static_cache_samples_the_tokens_of_the_dynamic_cache_for_every_role(new_tokens):
+    from abspo.rollout import DecodingConfig, sampling_config
+    from tests.conftest import perturb, tiny_bank
+
+    bank, tok = tiny_bank()
+    perturb(bank.role_parameters("attacker"), 1, scale=3.0)  # large enough to change the roles' samples
+    perturb(bank.role_parameters("defender"), 2, scale=3.0)
+    static = DecodingConfig(cache="static")
+    roles = ["attacker", "defender", "attacker"]
+    dynamic_out = _role_generations(bank, tok, None, roles, new_tokens)
+    assert dynamic_out[0] != dynamic_out[1], "the roles sample differently (else the check below proves nothing)"
+    assert _role_generations(bank, tok, static, roles, new_tokens) == dynamic_out
+    # and the cache generate built was the static one
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    config = sampling_config(bank.model, tok, 3, 1.0, decoding=static)
+    config.return_dict_in_generate = True
+    assert type(bank.model.generate(**enc, generation_config=config).past_key_values).__name__ == "StaticCache"
+
+
+def test_compiled_decoding_keeps_role_switches_and_in_place_updates_exact():
+    """torch.compile guards on the bank's routing attributes (a new role recompiles, never reuses another role's
+    graph) and reads adapter weights as inputs (a step in place is seen). aot_eager: dynamo's capture and guards
+    without code generation, which is what decides the routing (inductor's numerics: benchmarks/bench_rollouts.py)."""
+    from torch._dynamo.utils import counters
+
+    from abspo.rollout import DecodingConfig
+    from tests.conftest import perturb, tiny_bank
+
+    torch._dynamo.reset()
+    bank, tok = tiny_bank()
+    perturb(bank.role_parameters("attacker"), 1, scale=3.0)
+    perturb(bank.role_parameters("defender"), 2, scale=3.0)
+    compiled = DecodingConfig(cache="static", compile=True, compile_backend="aot_eager")
+    roles = ["attacker", "defender", "attacker", "defender"]
+    before = counters["stats"]["unique_graphs"]
+    eager = _role_generations(bank, tok, None, roles)
+    assert eager[0] != eager[1], "the roles sample differently (else the check proves nothing)"
+    assert _role_generations(bank, tok, compiled, roles) == eager
+    assert counters["stats"]["unique_graphs"] > before, "the decoding forward was compiled"
+    perturb(bank.role_parameters("attacker"), 5, scale=3.0)  # an optimizer step, in place
+    stepped = _role_generations(bank, tok, None, ["attacker"])
+    assert stepped[0] != eager[0], "the step changed the attacker's samples (else the check proves nothing)"
+    assert _role_generations(bank, tok, compiled, ["attacker"]) == stepped
+    torch._dynamo.reset()
+
+
+def test_compiled_decoding_needs_a_static_cache():
+    from abspo.errors import ConfigError
+    from abspo.rollout import DecodingConfig
+
+    with pytest.raises(ConfigError, match=r"model\.rollout\.hf\.compile: .*Fix: set model\.rollout\.hf\.cache: static"):
+        DecodingConfig(compile=True).validate()

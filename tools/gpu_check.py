@@ -14,27 +14,39 @@ For each base it runs a warm-up step (8 games, 16 tokens: CUDA context, kernels)
 configured size through the module's own ``play`` and ``learn`` (attacker rollouts, defender rollouts, judge,
 old/anchor log-probs, both roles' gradient passes and optimizer steps), and prints the step time by phase,
 rollout tokens per second and peak device memory next to the planner's estimate for the same settings
-(:mod:`abspo.planner`). ``--json PATH`` writes the figures.
+(:mod:`abspo.planner`). ``--json PATH`` writes the figures (after each model, so a run cut short keeps them).
+
+Last, on a fresh copy of the first model (the 7B), it compares the rollout decoding options on the defender's turns
+of the seed stream's games (``benchmarks/bench_rollouts.py``'s :func:`decoding_figures`, calls interleaved, medians): Hugging Face
+generate with a dynamic cache (abspo's default), a static cache, a static cache with compiled decoding (CUDA
+graphs), and transformers' continuous batching as a reference, with rollout tokens/s, the first call's time
+(compilation, graph capture) and whether each samples the tokens of the default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from abspo.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.config import AlgorithmConfig, OptimizerConfig
 from abspo.data import SeedDataModule
-from abspo.game import GameConfig
+from abspo.game import GameConfig, defender_prompt
 from abspo.judges.base import Judge, Verdict
 from abspo.models import BaseModel, architecture_config, load_tokenizer
 from abspo.module import SelfPlayModule
 from abspo.planner import Architecture, PlanInputs, plan_memory
+from abspo.timing import synchronize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: benchmarks/ beside tools/
+from benchmarks.bench_rollouts import COMPILE_MODE, decoding_figures, print_figures, variants  # noqa: E402
 
 GIB = 2**30
 MODELS = {"7b": "Qwen/Qwen2.5-7B-Instruct", "14b": "Qwen/Qwen2.5-14B-Instruct"}
@@ -89,11 +101,6 @@ def build_module(name: str, tokenizer, judge: Judge, device: str, dtype: torch.d
     return module.to(device)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     """One batch through play and learn, timed by phase (the judge is timed inside play)."""
     judge = module.judge
@@ -101,10 +108,10 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     inner_score = judge.score
 
     def score(*args, **kwargs):
-        sync(device)
+        synchronize()
         start = time.perf_counter()
         out = inner_score(*args, **kwargs)
-        sync(device)
+        synchronize()
         judge_time[0] += time.perf_counter() - start
         return out
 
@@ -112,13 +119,13 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     module._generated_tokens = 0
-    sync(device)
+    synchronize()
     start = time.perf_counter()
     exchanges = module.play(seeds)
-    sync(device)
+    synchronize()
     played = time.perf_counter()
     stats = module.learn(exchanges, 0)
-    sync(device)
+    synchronize()
     done = time.perf_counter()
     judge.score = inner_score
     rollout_s = played - start - judge_time[0]
@@ -149,6 +156,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-judge", action="store_true", help="skip the colocated judge model")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: SmolLM2's, from the abspo cache)")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run with tiny shapes")
+    parser.add_argument("--decoding-tokens", type=int, default=128, help="new tokens per turn in the decoding comparison")
+    parser.add_argument("--decoding-batches", type=int, default=2, help="timed batches per decoding option, after a "
+                        "warm-up batch")
+    parser.add_argument("--no-decoding", action="store_true", help="skip the decoding comparison")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
@@ -195,6 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                        planned_gib=planned_gib(name, tokenizer, games, new_tokens, args.micro_batch, args.rank,
                                                judge_params))
         rows.append(figures)
+        _write(args.json, rows)
         print(f"{name}: step {figures['step_s']:.1f} s (rollouts {figures['rollouts_s']:.1f}, judge "
               f"{figures['judge_s']:.1f}, update {figures['update_s']:.1f}); {figures['rollout_tokens_per_s']:.0f} "
               f"rollout tokens/s; peak {figures['peak_gib']:.1f} GiB, planned {figures['planned_gib']:.1f} GiB; "
@@ -202,10 +214,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         del module
         if device == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2)
+    if not args.no_decoding:  # last, on a fresh copy of the first base: a run cut short keeps the step figures
+        name = names[0]
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch, args.rank)
+        batches = [[defender_prompt(tokenizer, module.game, s.prompt) for s in data.stream.batch(i).seeds]
+                   for i in range(2, 3 + args.decoding_batches)]
+        tokens = 8 if args.tiny else args.decoding_tokens
+        # the dry run skips what costs a CPU tens of seconds (inductor, continuous batching's warm-up)
+        options = variants(None if args.tiny else COMPILE_MODE)
+        figures = decoding_figures(module.bank, tokenizer, batches, tokens, options, continuous=not args.tiny)
+        rows.append({"model": name, "games": games, "decoding_tokens": tokens, "decoding": figures})
+        _write(args.json, rows)
+        print_figures(f"{name}: rollout decoding, {games} defender turns x {tokens} new tokens, "
+                      f"{args.decoding_batches} batches after a warm-up batch", figures)
     return rows
+
+
+def _write(path: str | None, rows: list[dict]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ class SelfPlayModule(L.LightningModule):
         self.guards = guards or GuardConfig()
         self.guards.validate()
         self.rollout_cfg = rollout or RolloutConfig()
+        self.rollout_cfg.hf.validate()
         self._engine: VLLMRollouts | None = None  # built at the first vLLM rollout
         self.reward_table = resolve_table(reward_table)
         self.algorithm.validate()
@@ -168,6 +169,10 @@ class SelfPlayModule(L.LightningModule):
                 raise ConfigError("model.rollout.backend", "the vLLM backend serves LoRA adapters on a frozen base; "
                                   "shared_full trains the whole model, which would need a full-weight sync every "
                                   "step", "use model.rollout.backend: hf with shared_full")
+        if self.algorithm.old_logprobs == "sampler" and self.rollout_cfg.hf.compile:
+            raise ConfigError("model.algorithm.old_logprobs", "compiled decoding's kernels round differently from the "
+                              "scoring forward, so its sampling log-probs are not the update's old log-probs",
+                              "use old_logprobs: recompute, or model.rollout.hf.compile: false")
         if self.algorithm.old_logprobs == "sampler" and self.base_cfg.dtype != "float32":
             raise ConfigError("model.algorithm.old_logprobs", f"sampler log-probs with a {self.base_cfg.dtype} base "
                               "differ from a recompute by ~0.04 per token (measured on SmolLM2), more than the KL "
@@ -252,6 +257,10 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError("model.rollout.backend", "the vLLM backend runs in one process (one engine beside the "
                               f"trainer), this run has {self.trainer.world_size}", "use model.rollout.backend: hf "
                               "with several processes")
+        if isinstance(strategy, FSDP2Strategy) and self.rollout_cfg.hf.cache != "dynamic":
+            raise ConfigError("model.rollout.hf.cache", "a static cache (and compiled decoding) under FSDP2 is untested "
+                              "with its lockstep generation (synced_gpus), where a hang would stall every process",
+                              "use model.rollout.hf.cache: dynamic under FSDP2 (static and compile work under ddp)")
         if isinstance(strategy, FSDP2Strategy) and self.mode == "shared_full":
             raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
                               "frozen reference copy are not sharded)",
@@ -390,7 +399,7 @@ class SelfPlayModule(L.LightningModule):
         with self.clock(f"rollout/{role}"), self.bank.role(role) as model, gathered(self.bank), self._no_grad():
             gen = generate(model, self.tokenizer, prompts or ["."], new_tokens, self.game.temperature,
                            self.game.top_p, synced_gpus=self._sharded, keys=keys or [0],
-                           return_logprobs=self.old_logprobs_source == "sampler")
+                           return_logprobs=self.old_logprobs_source == "sampler", decoding=self.rollout_cfg.hf)
         if not prompts:
             return Generation([], [], [])
         self._generated_tokens += sum(len(c) for c in gen.completion_ids)

@@ -18,6 +18,16 @@ other games share its batch, on the batch width, on the process that plays it or
 lets N data-parallel processes playing B/N games each reproduce one process playing all B, a resume on another
 number of processes replay the same games, and vLLM-style per-request seeds exist here too. ``argmax(logits / T
 + Gumbel noise)`` is an exact draw from ``softmax(logits / T)``, so scoring is unchanged.
+
+Decoding speed (:class:`DecodingConfig`, ``model.rollout.hf``): a *static* KV cache (preallocated to prompt + new
+tokens, fixed shapes) and a *compiled* decoding forward (``torch.compile`` through transformers' ``CompileConfig``;
+on a GPU its default mode captures CUDA graphs) are what transformers offers to make ``generate`` fast at 7B scale.
+Both keep role switching exact: the bank switches roles by setting plain attributes on the LoRA layers, and
+``torch.compile`` guards on those attributes, so a role it has not seen recompiles (once per role) instead of
+reusing another role's graph, and adapter weights stepped in place are read as inputs, not baked in
+(``tests/test_rollout.py`` checks both against eager decoding). The static cache changes no token; compiled
+kernels may round differently from the eager scoring forward, which is why the module refuses ``old_logprobs:
+sampler`` with them. Measured figures: ``benchmarks/bench_rollouts.py`` and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,10 +35,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from abspo.errors import ConfigError
 
 
 @dataclass
@@ -43,17 +56,55 @@ class Generation:
     the sampler drew it from (after every logits processor), to check that scoring uses the same one."""
 
 
+@dataclass
+class DecodingConfig:
+    """How Hugging Face ``generate`` decodes the rollouts (``model.rollout.hf``; module docstring)."""
+
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """KV cache. dynamic: grows by one position per step (no memory held beyond what is used; works under every
+    strategy). static: preallocated to the batch's prompt width + new tokens, so every decoding step has the same
+    shapes, which is what ``compile`` needs; the same tokens, and 1.06x the rollout tokens/s of dynamic for SmolLM2
+    on a 2-core CPU (docs/performance.md)."""
+    compile: bool = False
+    """Compile the decoding forward with ``torch.compile`` (needs ``cache: static``). The first batch of each role
+    pays the compilation (tens of seconds), and the first new prompt width one more, with dynamic shapes, which
+    later widths reuse. Not under FSDP2, and not with ``algorithm.old_logprobs: sampler``."""
+    compile_mode: str = "reduce-overhead"
+    """``torch.compile`` mode (inductor): reduce-overhead captures CUDA graphs on a GPU (transformers' default),
+    default does not, max-autotune searches kernels longer."""
+    compile_backend: str = "inductor"
+    """``torch.compile`` backend (aot_eager: no code generation, for debugging)."""
+
+    def validate(self, key: str = "model.rollout.hf") -> None:
+        if self.compile and self.cache != "static":
+            raise ConfigError(f"{key}.compile", "compiled decoding needs fixed shapes, which a dynamic cache does not "
+                              "have", f"set {key}.cache: static")
+
+    def apply(self, config: GenerationConfig) -> GenerationConfig:
+        """``config`` with this cache and compilation. Compilation is stated either way: transformers compiles a
+        static-cache ``generate`` on a GPU by itself unless told not to, and the user should get what they set."""
+        config.cache_implementation = "static" if self.cache == "static" else None
+        config.disable_compile = not self.compile
+        if self.compile:
+            mode = self.compile_mode if self.compile_backend == "inductor" else None  # the others take no mode
+            config.compile_config = CompileConfig(fullgraph=False, backend=self.compile_backend, mode=mode)
+            config.compile_config._compile_all_devices = True  # transformers compiles on accelerators only otherwise
+        return config
+
+
 def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                    return_logprobs: bool = False, keyed: bool = False) -> GenerationConfig:
+                    return_logprobs: bool = False, keyed: bool = False,
+                    decoding: DecodingConfig | None = None) -> GenerationConfig:
     """The whole generation config of a call: the special tokens of the model and what the caller asked, and
     nothing else (no top-k, no repetition penalty, no other processor of the model's own config). ``keyed``:
-    the draw is made by :class:`KeyedGumbelSampler` on top of greedy decoding."""
+    the draw is made by :class:`KeyedGumbelSampler` on top of greedy decoding. ``decoding``: the cache and
+    compilation (default: a dynamic cache, no compilation)."""
     own = _hf_model(model).generation_config
     eos = getattr(own, "eos_token_id", None)
     do_sample = temperature > 0 and not keyed
     # Greedy decoding ignores the sampling fields; leaving them at their defaults keeps generate from warning.
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
-    return GenerationConfig(
+    return (decoding or DecodingConfig()).apply(GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         **sampling,
@@ -63,7 +114,7 @@ def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 
         pad_token_id=tokenizer.pad_token_id,
         output_scores=return_logprobs,
         return_dict_in_generate=return_logprobs,
-    )
+    ))
 
 
 @contextmanager
@@ -139,19 +190,19 @@ class KeyedGumbelSampler(LogitsProcessor):
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, synced_gpus: bool = False, return_logprobs: bool = False,
-             keys: list[int] | None = None) -> Generation:
+             keys: list[int] | None = None, decoding: DecodingConfig | None = None) -> Generation:
     """Sample one completion per prompt from ``softmax(logits / temperature)`` (greedy at temperature 0).
 
     ``keys`` (one int per prompt, temperature > 0, top_p 1): keyed sampling, each row's draw a pure function of
     its key (module docstring). Without keys the torch RNG draws. ``synced_gpus`` must be on under FSDP (every
-    rank steps together).
+    rank steps together). ``decoding``: KV cache and compilation (:class:`DecodingConfig`).
     """
     keyed = keys is not None and temperature > 0
     if keyed and (len(keys) != len(prompts) or top_p != 1.0):
         raise ValueError("keyed sampling needs one key per prompt and top_p 1.0")
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
     config = sampling_config(model, tokenizer, max_new_tokens, temperature, top_p, return_logprobs and not keyed,
-                             keyed)
+                             keyed, decoding)
     sampler = KeyedGumbelSampler(keys, temperature, record=return_logprobs) if keyed else None
     extra = {"logits_processor": LogitsProcessorList([sampler])} if keyed else {}
     with only_this_generation_config(model, config):

@@ -35,12 +35,12 @@ class PhaseClock:
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
-            _synchronize()
+            synchronize()
             self.seconds[phase] += time.perf_counter() - start
 
     def take(self) -> dict[str, float]:
@@ -51,7 +51,8 @@ class PhaseClock:
         return out
 
 
-def _synchronize() -> None:
+def synchronize() -> None:
+    """Wait for the GPU's queued kernels (a no-op without CUDA): a timer stopped before them times nothing."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 

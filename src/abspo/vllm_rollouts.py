@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from abspo.errors import ConfigError
-from abspo.rollout import Generation
+from abspo.rollout import DecodingConfig, Generation
 
 
 @dataclass
@@ -56,6 +56,8 @@ class RolloutConfig:
     """hf: Hugging Face ``generate`` on the trainer's own model (every device, every strategy, keyed sampling
     that is identical on any number of processes). vllm: a vLLM engine serving both role adapters as LoRA requests
     (one GPU, one process; see abspo.vllm_rollouts)."""
+    hf: DecodingConfig = field(default_factory=DecodingConfig)
+    """The hf backend's KV cache and compilation (a static cache and compiled decoding for GPUs)."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
