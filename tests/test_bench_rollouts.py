@@ -10,18 +10,17 @@ from tests.conftest import perturb, tiny_bank
 
 
 def test_decoding_figures_time_every_option_and_compare_their_samples():
-    """Continuous batching is left to the benchmark's own runs: its manager costs a CPU 7-17 s a call even on the
-    tiny model."""
+    """Compiled decoding's samples are checked in test_rollout.py; continuous batching is left to the benchmark's
+    own runs (its manager costs a CPU 7-17 s a call even on the tiny model)."""
     torch._dynamo.reset()
     bank, tok = tiny_bank()
     perturb(bank.role_parameters("defender"), 3, scale=3.0)
     batches = [["Hi", "A longer prompt, so that the batch is padded", "Tell me about the weather today"],
                ["Another batch", "of other widths: one of its prompts is longer than any of the first batch's"]]
     options = {"dynamic": DecodingConfig(), "static": DecodingConfig(cache="static"),
-               "static+compile": DecodingConfig(cache="static", compile=True, compile_backend="aot_eager"),
                "broken": DecodingConfig(cache="static", compile=True, compile_backend="no_such_backend")}
     figures = decoding_figures(bank, tok, batches, new_tokens=5, decodings=options, continuous=False)
-    for name in ("dynamic", "static", "static+compile"):
+    for name in ("dynamic", "static"):
         row = figures[name]
         assert row["same"] == 1.0 and row["tokens"] == 2 * 5 and row["tokens_per_s"] > 0, (name, row)
     assert figures["dynamic"]["ratio"] == 1.0

