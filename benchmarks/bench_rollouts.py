@@ -3,6 +3,7 @@ continuous batching, on one batch, in one process, calls interleaved.
 
     python benchmarks/bench_rollouts.py                 # SmolLM2-135M on this CPU (~10 min on 2 cores)
     python benchmarks/bench_rollouts.py --no-compile    # without the inductor compilation (~3 min)
+    python benchmarks/bench_rollouts.py --game          # whole games, both roles, the main job's settings (~9 min)
 
 ``tools/gpu_check.py`` runs the same comparison (:func:`decoding_figures`) at Qwen2.5-7B shape on a GPU, where
 these options are meant to pay off.
@@ -116,6 +117,35 @@ def decoding_figures(bank, tokenizer, batches: list[list[str]], new_tokens: int,
     return out
 
 
+def game_figures(module, seed_batches: list, decodings: dict[str, DecodingConfig]) -> dict[str, dict]:
+    """Whole games (``--game``): each option plays every batch of seeds through the module's own ``play`` (attacker
+    turns, then defender turns, as in training: one model, so a static cache is sized for the longest turn either
+    role has needed), options interleaved per batch. Per option: rollout seconds per batch (both roles, the judge
+    excluded; median over the batches after the first), the first batch apart, and ``same``: the share of games
+    whose attacker and defender turns equal dynamic's."""
+    calls: dict[str, list] = {n: [] for n in decodings}
+    for index, seeds in enumerate(seed_batches):
+        for name, decoding in decodings.items():
+            module.rollout_cfg.hf = decoding
+            module.clock.take()
+            with measured() as interval:
+                games = module.play(seeds, batch_index=index)
+            phases = module.clock.take()
+            seconds = phases.get("rollout/attacker", 0.0) + phases.get("rollout/defender", 0.0)
+            turns = [(g.attacker_output, g.defender_output) for g in games]
+            calls[name].append((seconds, interval.foreign_cores, turns))
+    reference = calls["dynamic"][1:] or calls["dynamic"]
+    out = {}
+    for name, rows in calls.items():
+        timed = rows[1:] or rows
+        pairs = [(a, b) for mine, ref in zip(timed, reference) for a, b in zip(mine[2], ref[2])]
+        median = statistics.median(r[0] for r in timed)
+        out[name] = {"first_s": rows[0][0], "median_s": median, "same": sum(a == b for a, b in pairs) / len(pairs),
+                     "foreign_cores": max(r[1] for r in rows),
+                     "ratio": statistics.median(r[0] for r in reference) / median}
+    return out
+
+
 def print_figures(title: str, figures: dict[str, dict]) -> None:
     print(f"\n{title}")
     print(f"{'variant':<16} {'first s':>8} {'median s':>9} {'tokens/s':>9} {'ratio':>6} {'same':>5} {'foreign':>8}")
@@ -126,6 +156,26 @@ def print_figures(title: str, figures: dict[str, dict]) -> None:
         same = "-" if row["same"] is None else f"{row['same']:.2f}"
         print(f"{name:<16} {row['first_s']:8.2f} {row['median_s']:9.2f} {row['tokens_per_s']:9.1f} "
               f"{row.get('ratio', float('nan')):6.2f} {same:>5} {row['foreign_cores']:8.2f}", flush=True)
+
+
+def main_job_module(args):
+    """A module with configs/smollm2-cpu.yaml's game, adapters and judge (recomputed old log-probs, which compiled
+    decoding needs), its adapters perturbed as after some training."""
+    from abspo.bank import BankSpec, LoraSpec
+    from abspo.game import GameConfig
+    from abspo.judges import HeuristicJudge
+    from abspo.models import BaseModel
+    from abspo.module import SelfPlayModule
+
+    game = GameConfig(unrevised_fraction=0.5, attacker_format="plain", temperature=0.7,
+                      max_new_tokens_attacker=args.new_tokens, max_new_tokens_defender=args.new_tokens)
+    bank = BankSpec(adapters={r: LoraSpec(r=8, alpha=16) for r in ("attacker", "defender")})
+    module = SelfPlayModule(base=BaseModel(name_or_path=args.model, dtype=args.dtype), bank=bank, game=game,
+                            judge=HeuristicJudge())
+    with torch.no_grad():
+        for p in module.bank.adapter_state_dict().values():
+            p.add_(torch.randn_like(p) * 0.02)
+    return module
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-mode", default=COMPILE_MODE)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-continuous", action="store_true")
+    parser.add_argument("--game", action="store_true", help="whole games through SelfPlayModule.play with the main "
+                        "job's game settings (both roles), instead of one role's turns")
     parser.add_argument("--reverse", action="store_true", help="run the options in reverse order within each round "
                         "(dynamic last), to see whether the order biases the figures")
     parser.add_argument("--json", default="benchmarks/results/bench_rollouts.json")
@@ -161,9 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
     options = variants(None if args.no_compile else args.compile_mode)
     if args.reverse:
         options = dict(reversed(options.items()))
-    figures = decoding_figures(bank, tokenizer, batches, args.new_tokens, options, not args.no_continuous)
-    print_figures(f"{args.model} ({args.dtype}), {args.prompts} prompts x {args.new_tokens} new tokens per batch, "
-                  f"{torch.get_num_threads()} threads, {args.batches - 1} batches after the first", figures)
+    if args.game:
+        seed_batches = [data.stream.batch(i).seeds for i in range(args.batches)]
+        figures = game_figures(main_job_module(args), seed_batches, options)
+        print(f"\nwhole games, the main job's settings ({args.prompts} seeds a batch), {args.batches - 1} batches after "
+              "the first: rollout s per batch (both roles)")
+        for name, row in figures.items():
+            print(f"{name:<16} first {row['first_s']:6.2f}  median {row['median_s']:6.2f}  dynamic/this "
+                  f"{row['ratio']:5.2f}  same {row['same']:.2f}  foreign {row['foreign_cores']:.2f}", flush=True)
+    else:
+        figures = decoding_figures(bank, tokenizer, batches, args.new_tokens, options, not args.no_continuous)
+        print_figures(f"{args.model} ({args.dtype}), {args.prompts} prompts x {args.new_tokens} new tokens per batch, "
+                      f"{torch.get_num_threads()} threads, {args.batches - 1} batches after the first", figures)
     report = {"args": vars(args), "threads": torch.get_num_threads(), "figures": figures}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

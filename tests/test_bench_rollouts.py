@@ -26,3 +26,18 @@ def test_decoding_figures_time_every_option_and_compare_their_samples():
     assert figures["dynamic"]["ratio"] == 1.0
     assert "no_such_backend" in figures["broken"]["error"], "a failing option is reported, the others still run"
     torch._dynamo.reset()
+
+
+def test_game_figures_play_whole_games_per_option_and_compare_them(judge, seeds):
+    from abspo.game import GameConfig
+    from abspo.module import SelfPlayModule
+    from benchmarks.bench_rollouts import game_figures
+    from tests.conftest import TINY
+
+    module = SelfPlayModule(base=TINY, judge=judge, game=GameConfig(max_new_tokens_attacker=6, max_new_tokens_defender=4))
+    perturb([p for p in module.bank.adapter_state_dict().values()], 4, scale=3.0)
+    options = {"dynamic": DecodingConfig(), "static": DecodingConfig(cache="static")}
+    figures = game_figures(module, [seeds.batch(0).seeds[:3], seeds.batch(1).seeds[:5]], options)
+    assert figures["static"]["same"] == 1.0 and figures["dynamic"]["ratio"] == 1.0
+    assert all(row["median_s"] > 0 for row in figures.values())
+    assert module.rollout_cfg.hf is options["static"], "the module plays with each option in turn"

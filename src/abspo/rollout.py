@@ -63,8 +63,8 @@ class DecodingConfig:
     cache: Literal["dynamic", "static"] = "dynamic"
     """KV cache. dynamic: grows by one position per step (no memory held beyond what is used; works under every
     strategy). static: preallocated to the batch's prompt width + new tokens, so every decoding step has the same
-    shapes, which is what ``compile`` needs; the same tokens, and 1.06x the rollout tokens/s of dynamic for SmolLM2
-    on a 2-core CPU (docs/performance.md)."""
+    shapes, which is what ``compile`` needs; the same tokens. Meant for GPUs: on a 2-core CPU whole SmolLM2 games
+    run 0.96x as fast as with dynamic (docs/performance.md)."""
     compile: bool = False
     """Compile the decoding forward with ``torch.compile`` (needs ``cache: static``). The first batch of each role
     pays the compilation (tens of seconds), and the first new prompt width one more, with dynamic shapes, which
