@@ -60,7 +60,7 @@ def _continuous(model, tokenizer, prompts: list[str], new_tokens: int) -> list[l
 
 def decoding_figures(bank, tokenizer, batches: list[list[str]], new_tokens: int,
                      decodings: dict[str, DecodingConfig] | None = None, continuous: bool = True,
-                     role: str = "defender") -> dict[str, dict]:
+                     role: str = "defender", progress: bool = False) -> dict[str, dict]:
     """Every option generates ``batches[0]`` (the first call: compilation, graph capture, warm-up), then each
     later batch in turn, the options interleaved within a round. Different batches have different prompt widths, as
     a run's batches do, so a recompilation or a new cache that a width causes is in the figures.
@@ -68,13 +68,14 @@ def decoding_figures(bank, tokenizer, batches: list[list[str]], new_tokens: int,
     Per option: ``first_s``; ``median_s``, ``tokens`` and ``tokens_per_s`` over the later batches; ``ratio``
     (tokens/s over dynamic's); ``same`` (share of rows sampled exactly as dynamic sampled them, over the later
     batches; None for continuous batching); ``foreign_cores`` (the most any timed call saw); ``peak_gib`` (GPU).
-    An option that fails gets ``error`` instead: a GPU check must still report the others."""
+    An option that fails gets ``error`` instead: a GPU check must still report the others. ``progress``: print
+    each call's time as it ends (a run cut short still shows what it measured)."""
     decodings = decodings if decodings is not None else variants()
     names = [*decodings, *(["continuous"] if continuous else [])]
     calls: dict[str, list] = {n: [] for n in names}
     errors: dict[str, str] = {}
     on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
-    for prompts in batches:
+    for index, prompts in enumerate(batches):
         keys = list(range(1, len(prompts) + 1))
         for name in names:
             if name in errors:
@@ -91,7 +92,12 @@ def decoding_figures(bank, tokenizer, batches: list[list[str]], new_tokens: int,
                     synchronize()
             except Exception as err:  # noqa: BLE001  (reported as the option's figure)
                 errors[name] = f"{type(err).__name__}: {err}"[:300]
+                if progress:
+                    print(f"  {name}: failed: {errors[name]}", flush=True)
                 continue
+            if progress:
+                print(f"  {name}, batch {index}: {interval.seconds:.2f} s, "
+                      f"{sum(len(c) for c in completions)} tokens", flush=True)
             peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
             calls[name].append((interval.seconds, sum(len(c) for c in completions), interval.foreign_cores, peak,
                                 completions))

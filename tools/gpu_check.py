@@ -230,9 +230,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tokens = 8 if args.tiny else args.decoding_tokens
         # the dry run skips what costs a CPU tens of seconds (inductor, continuous batching's warm-up)
         options = variants(None if args.tiny else COMPILE_MODE)
-        figures = decoding_figures(module.bank, tokenizer, batches, tokens, options, continuous=not args.tiny)
+        figures = decoding_figures(module.bank, tokenizer, batches, tokens, options, progress=True, continuous=False)
         rows.append({"model": name, "games": games, "decoding_tokens": tokens, "decoding": figures})
         _write(args.json, rows)
+        if not args.tiny:  # apart and last: its scheduler thread is the likeliest part to hang or fail
+            reference = figures.get("dynamic", {}).get("tokens_per_s")
+            figures.update(decoding_figures(module.bank, tokenizer, batches, tokens, {}, progress=True))
+            if reference and "tokens_per_s" in figures["continuous"]:
+                figures["continuous"]["ratio"] = figures["continuous"]["tokens_per_s"] / reference
+            _write(args.json, rows)
         print_figures(f"{name}: rollout decoding, {games} defender turns x {tokens} new tokens, "
                       f"{args.decoding_batches} batches after a warm-up batch", figures)
     return rows
