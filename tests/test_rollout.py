@@ -206,9 +206,12 @@ def test_compiled_decoding_keeps_role_switches_and_in_place_updates_exact():
     torch._dynamo.reset()
 
 
-def test_compiled_decoding_needs_a_static_cache():
+def test_compiled_decoding_needs_a_static_cache_and_a_known_backend():
     from abspo.errors import ConfigError
     from abspo.rollout import DecodingConfig
 
     with pytest.raises(ConfigError, match=r"model\.rollout\.hf\.compile: .*Fix: set model\.rollout\.hf\.cache: static"):
         DecodingConfig(compile=True).validate()
+    with pytest.raises(ConfigError, match=r"model\.rollout\.hf\.compile_backend: .*'inductr'.*Fix: use one of .*inductor"):
+        DecodingConfig(cache="static", compile=True, compile_backend="inductr").validate()
+    DecodingConfig(cache="static", compile=True, compile_backend="aot_eager").validate()

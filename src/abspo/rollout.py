@@ -69,7 +69,7 @@ class DecodingConfig:
     """Compile the decoding forward with ``torch.compile`` (needs ``cache: static``). The first batch of each role
     pays the compilation (tens of seconds), and the first new prompt width one more, with dynamic shapes, which
     later widths reuse. Not under FSDP2, and not with ``algorithm.old_logprobs: sampler``."""
-    compile_mode: str = "reduce-overhead"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
     """``torch.compile`` mode (inductor): reduce-overhead captures CUDA graphs on a GPU (transformers' default),
     default does not, max-autotune searches kernels longer."""
     compile_backend: str = "inductor"
@@ -79,6 +79,13 @@ class DecodingConfig:
         if self.compile and self.cache != "static":
             raise ConfigError(f"{key}.compile", "compiled decoding needs fixed shapes, which a dynamic cache does not "
                               "have", f"set {key}.cache: static")
+        if self.compile:
+            from torch._dynamo import list_backends
+
+            backends = list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise ConfigError(f"{key}.compile_backend", f"torch.compile has no backend {self.compile_backend!r}",
+                                  f"use one of {', '.join(b for b in backends if 'TESTING' not in b)}")
 
     def apply(self, config: GenerationConfig) -> GenerationConfig:
         """``config`` with this cache and compilation. Compilation is stated either way: transformers compiles a
