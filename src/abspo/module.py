@@ -260,7 +260,7 @@ class SelfPlayModule(L.LightningModule):
         if isinstance(strategy, FSDP2Strategy) and self.rollout_cfg.hf.cache != "dynamic":
             raise ConfigError("model.rollout.hf.cache", "a static cache (and compiled decoding) under FSDP2 is untested "
                               "with its lockstep generation (synced_gpus), where a hang would stall every process",
-                              "use model.rollout.hf.cache: dynamic under FSDP2 (static and compile work under ddp)")
+                              "use model.rollout.hf.cache: dynamic under FSDP2 (ddp allows static and compile: each process generates on its own)")
         if isinstance(strategy, FSDP2Strategy) and self.mode == "shared_full":
             raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
                               "frozen reference copy are not sharded)",
