@@ -205,4 +205,3 @@ def test_ddp_run_resumed_on_one_process_equals_one_process_throughout(tmp_path, 
     fit("--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.name", "run",
         "--ckpt_path", "last")
     assert_adapters_close(exported(tmp_path, "run"), one_process_run)
-
