@@ -18,9 +18,9 @@ rollout tokens per second and peak device memory next to the planner's estimate 
 (:mod:`abspo.planner`). ``--json PATH`` writes the figures (after each model, so a run cut short keeps them).
 
 Last, on a fresh copy of the first model (the 7B), it compares the rollout decoding options on the defender's turns
-of the seed stream's games (``benchmarks/bench_rollouts.py``'s :func:`decoding_figures`, calls interleaved, medians): Hugging Face
-generate with a dynamic cache (abspo's default), a static cache, a static cache with compiled decoding (CUDA
-graphs), and transformers' continuous batching as a reference, with rollout tokens/s, the first call's time
+of the seed stream's games (``benchmarks/bench_rollouts.py``'s :func:`decoding_figures`, calls interleaved):
+Hugging Face generate with a dynamic cache (abspo's default), a static cache, a static cache with compiled decoding
+(CUDA graphs), and transformers' continuous batching as a reference, with rollout tokens/s, the first call's time
 (compilation, graph capture) and whether each samples the tokens of the default.
 """
 
@@ -103,23 +103,11 @@ def build_module(name: str, tokenizer, judge: Judge, device: str, dtype: torch.d
 
 
 def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
-    """One batch through play and learn, timed by phase (the judge is timed inside play)."""
-    judge = module.judge
-    judge_time = [0.0]
-    inner_score = judge.score
-
-    def score(*args, **kwargs):
-        synchronize()
-        start = time.perf_counter()
-        out = inner_score(*args, **kwargs)
-        synchronize()
-        judge_time[0] += time.perf_counter() - start
-        return out
-
-    judge.score = score
+    """One batch through play and learn; the rollouts and the judge are read from the module's own phase clock."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     module._generated_tokens = 0
+    module.clock.take()
     synchronize()
     start = time.perf_counter()
     exchanges = module.play(seeds)
@@ -128,9 +116,10 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     stats = module.learn(exchanges, 0)
     synchronize()
     done = time.perf_counter()
-    judge.score = inner_score
-    rollout_s = played - start - judge_time[0]
-    return {"step_s": done - start, "rollouts_s": rollout_s, "judge_s": judge_time[0], "update_s": done - played,
+    phases = module.clock.take()
+    rollout_s = phases.get("rollout/attacker", 0.0) + phases.get("rollout/defender", 0.0)
+    return {"step_s": done - start, "rollouts_s": rollout_s, "judge_s": phases.get("judge", 0.0),
+            "update_s": done - played,
             "rollout_tokens_per_s": module._generated_tokens / max(rollout_s, 1e-9),
             "generated_tokens": module._generated_tokens,
             "peak_gib": torch.cuda.max_memory_allocated() / GIB if device.startswith("cuda") else float("nan"),
