@@ -164,6 +164,13 @@ def print_figures(title: str, figures: dict[str, dict]) -> None:
               f"{row.get('ratio', float('nan')):6.2f} {same:>5} {row['foreign_cores']:8.2f}", flush=True)
 
 
+def perturb_adapters(params) -> None:
+    """Trained-looking adapters: LoRA B != 0, so the LoRA path changes the samples (B starts at 0)."""
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.02)
+
+
 def main_job_module(args):
     """A module with configs/smollm2-cpu.yaml's game, adapters and judge (recomputed old log-probs, which compiled
     decoding needs), its adapters perturbed as after some training."""
@@ -178,9 +185,7 @@ def main_job_module(args):
     bank = BankSpec(adapters={r: LoraSpec(r=8, alpha=16) for r in ("attacker", "defender")})
     module = SelfPlayModule(base=BaseModel(name_or_path=args.model, dtype=args.dtype), bank=bank, game=game,
                             judge=HeuristicJudge())
-    with torch.no_grad():
-        for p in module.bank.adapter_state_dict().values():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb_adapters(module.bank.adapter_state_dict().values())
     return module
 
 
@@ -207,15 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default="benchmarks/results/bench_rollouts.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    base, tokenizer = load_base(BaseModel(name_or_path=args.model, dtype=args.dtype))
-    bank = AdapterBank(base, BankSpec())
-    with torch.no_grad():  # a trained-looking adapter: B != 0, so the LoRA path changes the samples
-        for p in bank.role_parameters("defender"):
-            p.add_(torch.randn_like(p) * 0.02)
     data = SeedDataModule(batch_size=args.prompts)
     data.setup()
-    batches = [[defender_prompt(tokenizer, GameConfig(), s.prompt) for s in data.stream.batch(i).seeds]
-               for i in range(args.batches)]
     options = variants(None if args.no_compile else args.compile_mode)
     if args.reverse:
         options = dict(reversed(options.items()))
@@ -228,6 +226,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name:<16} first {row['first_s']:6.2f}  median {row['median_s']:6.2f}  dynamic/this "
                   f"{row['ratio']:5.2f}  same {row['same']:.2f}  foreign {row['foreign_cores']:.2f}", flush=True)
     else:
+        base, tokenizer = load_base(BaseModel(name_or_path=args.model, dtype=args.dtype))
+        bank = AdapterBank(base, BankSpec())
+        perturb_adapters(bank.role_parameters("defender"))
+        batches = [[defender_prompt(tokenizer, GameConfig(), s.prompt) for s in data.stream.batch(i).seeds]
+                   for i in range(args.batches)]
         figures = decoding_figures(bank, tokenizer, batches, args.new_tokens, options, not args.no_continuous)
         print_figures(f"{args.model} ({args.dtype}), {args.prompts} prompts x {args.new_tokens} new tokens per batch, "
                       f"{torch.get_num_threads()} threads, {args.batches - 1} batches after the first", figures)

@@ -13,12 +13,15 @@ job doubles every figure here).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 
 from abspo.judges import HeuristicJudge
 from abspo.timing import measured
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from judge_eval import load_examples  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +30,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=9)
     args = parser.parse_args()
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    rows = load_examples(args.data)
     batches = [rows[i:i + args.batch] for i in range(0, args.batch * args.batches, args.batch)]
     batches = [b for b in batches if len(b) == args.batch]
     judges = {"rules + request head": HeuristicJudge(use_reply_heads=False, cache_size=0),
@@ -41,7 +44,7 @@ def main() -> None:
     for batch in batches:
         for name, judge in judges.items():
             with measured() as interval:
-                judge.score([r["prompt"] for r in batch], [r["response"] for r in batch])
+                judge.score([r.prompt for r in batch], [r.response for r in batch])
             seconds[name].append(interval.seconds)
             foreign[name].append(interval.foreign_cores)
     print(f"{args.data}: {len(batches)} batches of {args.batch} exchanges")
