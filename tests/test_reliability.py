@@ -105,22 +105,32 @@ def stop_after_first_batch(cmd: list[str], signum: int) -> tuple[subprocess.Comp
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "".join(err)), lines
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_finishes_the_batch_saves_and_exits_non_zero_with_the_resume_command(straight, tmp_path, signum,
-                                                                                      status):
-    # No periodic checkpoint: whatever last.ckpt holds, the signal's stop wrote it.
+SIGNALS = {"SIGTERM": (signal.SIGTERM, 143), "SIGINT": (signal.SIGINT, 130)}  # signal, exit status
+
+
+def test_a_signal_finishes_the_batch_saves_and_exits_non_zero_with_the_resume_command(straight, tmp_path):
+    # No periodic checkpoint: whatever last.ckpt holds, the signal's stop wrote it. Both signals' runs go
+    # concurrently, then both resumes.
     args = ("--run.checkpoint_every_n_steps", "100", "--trainer.enable_progress_bar", "true")
-    stopped, lines = stop_after_first_batch(fit_command(tmp_path, *args), signum)
-    assert stopped.returncode == status, stopped.stderr[-2000:]
-    assert lines and lines[0].startswith("batch 1/3 | step 2 | r_att "), "plain progress lines when not a terminal"
-    assert "s/batch" in lines[0]
-    resume = stopped.stderr.strip().splitlines()[-1].strip()
-    assert resume.startswith("abspo fit --config configs/tiny.yaml") and resume.endswith("--ckpt_path last")
-    saved = last_checkpoint(tmp_path)
-    assert saved["global_step"] in (2, 4) and saved["global_step"] < 2 * BATCHES, "stopped after a finished batch"
-    resumed = run([sys.executable, "-m", "abspo.cli", *shlex.split(resume)[1:]])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_adapters(adapters(last_checkpoint(tmp_path)), straight)
+    roots = {name: tmp_path / name for name in SIGNALS}
+    with ThreadPoolExecutor(len(SIGNALS)) as pool:
+        stopped = dict(zip(SIGNALS, pool.map(
+            lambda name: stop_after_first_batch(fit_command(roots[name], *args), SIGNALS[name][0]), SIGNALS)))
+    resumes = {}
+    for name, (proc, lines) in stopped.items():
+        assert proc.returncode == SIGNALS[name][1], f"{name}: {proc.stderr[-2000:]}"
+        assert lines and lines[0].startswith("batch 1/3 | step 2 | r_att "), "plain progress lines when not a terminal"
+        assert "s/batch" in lines[0]
+        resume = proc.stderr.strip().splitlines()[-1].strip()
+        assert resume.startswith("abspo fit --config configs/tiny.yaml") and resume.endswith("--ckpt_path last"), name
+        saved = last_checkpoint(roots[name])
+        assert saved["global_step"] in (2, 4) and saved["global_step"] < 2 * BATCHES, f"{name}: stopped after a batch"
+        resumes[name] = [sys.executable, "-m", "abspo.cli", *shlex.split(resume)[1:]]
+    with ThreadPoolExecutor(len(SIGNALS)) as pool:
+        resumed = dict(zip(SIGNALS, pool.map(lambda name: run(resumes[name]), SIGNALS)))
+    for name, proc in resumed.items():
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+        assert_same_adapters(adapters(last_checkpoint(roots[name])), straight)
 
 
 # -- guarded updates (in this process) ----------------------------------------------------------------------------
