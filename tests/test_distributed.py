@@ -78,7 +78,7 @@ def test_two_processes_update_as_one_even_when_one_has_no_attacker_turn(tmp_path
     assert stats["attacker/samples"] > 0 and stats["defender/samples"] > 0
     assert_adapters_close(two["adapters"], one.bank.adapter_state_dict())
     for key in ("attacker/kl", "defender/kl", "attacker/loss", "defender/loss", "defender/entropy",
-                "attacker/grad_norm", "defender/grad_norm"):
+                "attacker/grad_norm", "defender/grad_norm", "attacker/samples", "defender/samples"):
         assert two["stats"][key] == pytest.approx(stats[key], abs=1e-5), key
     before = worker.module().bank.adapter_state_dict()
     assert max((before[k] - one.bank.adapter_state_dict()[k]).abs().max().item() for k in before) > 10 * ATOL, \

@@ -48,6 +48,8 @@ def test_shared_full_takes_a_tenth_of_the_lora_rate_unless_told():
     _, optimizers = resolve_mode("shared_full", BankSpec(), {"attacker": OptimizerConfig(lr=2e-4),
                                                               "defender": OptimizerConfig(lr=4e-4)})
     assert optimizers["shared"].lr == pytest.approx(4e-5)
+    _, optimizers = resolve_mode("shared_full", BankSpec(), {"policy": OptimizerConfig(lr=2e-4)})  # one adapter's
+    assert optimizers["shared"].lr == pytest.approx(2e-5)
     _, optimizers = resolve_mode("shared_full", BankSpec(), {"shared": OptimizerConfig(lr=1e-6)})
     assert optimizers["shared"].lr == 1e-6
 

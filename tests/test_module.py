@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.bank import BankSpec, LoraSpec
+from abspo.bank import ROLES, BankSpec, LoraSpec
 from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
 from abspo.game import GameConfig
 from abspo.module import SelfPlayModule, game_metrics
@@ -311,6 +311,26 @@ def test_the_update_without_an_old_logprob_pass_equals_the_one_with_it(judge, mo
     assert lean_stats["loss"] == pytest.approx(full_stats["loss"], rel=1e-5, abs=1e-7)
     for a, b in zip(lean, full):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bipolicy", "shared_lora"])
+def test_the_update_logs_the_same_figures_whichever_pass_gives_the_old_logprobs(judge, mode):
+    """``<role>/kl`` per role and the adapter's figures under the adapter's name, whether the old log-probs come
+    from a pass of their own or from the gradient pass (which then measures the KL): dashboards and
+    ``tools/plot_run.py`` read these keys."""
+    adapter = "/".join(ROLES) if mode == "shared_lora" else None
+    keys = {}
+    for algorithm in [AlgorithmConfig(kl_coef=0.1), *LEAN]:
+        module = make(judge, algorithm=algorithm, mode=mode)
+        exchanges = scored_exchanges(module, {"attacker": [3, 5, 2, 4], "defender": [6, 2, 9, 4]},
+                                     [1.0, -1.0, 0.5, 0.0])
+        stats = module.learn(exchanges, 0)
+        keys[module.old_logprobs_source] = set(stats)
+        for role in ROLES:
+            assert f"{role}/kl" in stats, (module.old_logprobs_source, sorted(stats))
+            assert stats[f"{adapter or role}/samples"] == (8 if adapter else 4)
+    assert keys.keys() == {"recompute", "gradient_pass"}
+    assert keys["recompute"] == keys["gradient_pass"]
 
 
 def test_sampler_logprobs_stand_in_for_a_recompute_in_float32(judge, seeds):

@@ -65,11 +65,10 @@ def resolve_mode(mode: str, bank: BankSpec, optimizers: dict[str, OptimizerConfi
 
 
 def _shared_optimizer(mode: str, optimizers: dict[str, OptimizerConfig]) -> OptimizerConfig:
-    if SHARED in optimizers:
+    if SHARED in optimizers:  # the user's explicit choice, in every mode
         return optimizers[SHARED]
-    if len(optimizers) == 1:
-        return next(iter(optimizers.values()))
-    source = optimizers.get("defender")
+    # The LoRA optimizer the config was written with: its only one (a one-adapter bank), else the defender's.
+    source = next(iter(optimizers.values())) if len(optimizers) == 1 else optimizers.get("defender")
     if source is None:
         raise ConfigError("model.optimizers", f"model.mode is {mode} and no optimizer is named 'shared' or 'defender'",
                           "add model.optimizers.shared: {lr: ...}")

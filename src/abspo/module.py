@@ -575,8 +575,10 @@ class SelfPlayModule(L.LightningModule):
             if self._updates[adapter] % cfg.accumulate_batches == 0:
                 passed.update(self.optimizer_step(adapter, opt, sched, finite_loss=math.isfinite(passed["loss"])))
             for key, value in passed.items():  # the last pass's figures (clip_frac is 0 on the first)
-                stats[f"{name}/{key}"] = value
-        stats[f"{name}/samples"] = float(len(rollout.prompts))
+                per_role = key.split("/")[0] in roles  # <role>/kl, measured here when no pass before did
+                stats[key if per_role else f"{name}/{key}"] = value
+        # Every process's turns, as every other figure of the update is (a process holds its share of them).
+        stats[f"{name}/samples"] = float(self.collective.sum(torch.tensor(len(rollout.prompts))))
         return stats
 
     def role_samples(self, role: str, exchanges: list[Exchange]) -> list[tuple]:
