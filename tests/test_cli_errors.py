@@ -109,6 +109,24 @@ def test_resume_with_another_base_is_refused(capsys, finished_run, tmp_path):
     assert "trained on base model 'tiny-qwen2'" in err
 
 
+@pytest.mark.parametrize("key, value, shown", [("lr", "0.5", "lr: checkpoint 0.01, this run 0.5"),
+                                                 ("name", "SGD", "name: checkpoint 'AdamW', this run 'SGD'")])
+def test_resume_with_other_optimizer_settings_is_refused(capsys, finished_run, key, value, shown):
+    """The optimizer state a resume loads keeps its own settings: another lr would be ignored, another optimizer
+    would fail mid-run on the state's missing entries."""
+    err = _resume_fails_and_keeps_checkpoint(capsys, finished_run, f"--model.optimizers.defender.{key}", value)
+    assert "--ckpt_path" in err and f"model.optimizers.defender.{shown}" in err, err
+
+
+def test_a_bad_optimizer_setting_fails_before_the_run_folder_is_touched(capsys, finished_run):
+    run = finished_run / "tiny"
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    err = run_main(capsys, "--run.output_root", str(finished_run), "--ckpt_path", "last",
+                   "--model.optimizers.defender.name", "Adamw")
+    assert "model.optimizers.defender.name" in err and "'Adamw' is not an optimizer" in err
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
 def test_new_run_over_an_existing_checkpoint_is_refused(capsys, finished_run):
     last = finished_run / "tiny" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()

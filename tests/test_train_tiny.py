@@ -113,6 +113,23 @@ def test_resume_equals_uninterrupted_run(tmp_path, run):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_overwrite_replaces_the_earlier_run_and_last_names_the_new_one(tmp_path):
+    """``--run.overwrite true`` over a finished run: one ``last.ckpt`` (the new run's, not a ``last-v1.ckpt``
+    beside the old), fresh curves, a resume with the new run's settings; a file of the user's is kept."""
+    run_dir = tmp_path / "tiny"
+    fit(tmp_path, "--trainer.max_steps", "4")
+    (run_dir / "notes.txt").write_text("mine")
+    wider = ("--model.bank.adapters.defender.r", "8")  # a setting the old checkpoint cannot be resumed with
+    fit(tmp_path, "--run.overwrite", "true", "--trainer.max_steps", "2", *wider)
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1, "the old run's curves are gone"
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    resumed = fit(tmp_path, "--trainer.max_steps", "4", "--ckpt_path", "last", *wider)
+    assert resumed.trainer.global_step == 4
+
+
 def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
     monkeypatch.setattr("abspo.callbacks.progress.output_is_terminal", lambda: True)  # (not a log file: a bar)
     cli = fit(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", "2")

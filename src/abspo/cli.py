@@ -85,8 +85,9 @@ class RunConfig:
     """When the output is not a terminal (a cluster job's log file), print a plain progress line every N batches
     (the step, both rewards, the game rates, seconds per batch) instead of a progress bar."""
     overwrite: bool = False
-    """Start a new run in a folder that already holds a checkpoint, replacing it. Off: such a run stops with an
-    error, so an earlier run is never overwritten by accident."""
+    """Start a new run in a folder that already holds a checkpoint, replacing that run: its checkpoints, curves,
+    exports and reports are removed first. Off: such a run stops with an error, so an earlier run is never
+    overwritten by accident."""
 
 
 class AbspoCLI(LightningCLI):
@@ -178,6 +179,8 @@ class AbspoCLI(LightningCLI):
                 raise ConfigError("run.name", f"run folder {self.run_dir()} already holds a checkpoint",
                                   "resume it with --ckpt_path last, pick another --run.name, "
                                   "or pass --run.overwrite true to replace it")
+            if existing.exists():
+                remove_run_outputs(self.run_dir())
             return
         checkpoint = self._take_checkpoint(ckpt)
         from abspo.strategies import FSDP2Strategy
@@ -188,6 +191,7 @@ class AbspoCLI(LightningCLI):
                               "{class_path: abspo.strategies.FSDP2Strategy} on any number of processes "
                               "(--trainer.devices 1 included)")
         self.model.check_checkpoint(checkpoint)
+        self.model.check_resume(checkpoint)
 
     def after_fit(self) -> None:
         if self.model.stop_reason is not None:  # a guard stopped the run; last.ckpt was written at its end
@@ -327,6 +331,28 @@ DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on
   abspo plan --config F                        memory per device of a run, before starting it
 
 Each subcommand has its own --help."""
+
+
+RUN_OUTPUTS = ("checkpoints", "tb", "adapters", "eval", "samples", "diagnostics.json")
+"""What a run writes into its folder (``<run.output_root>/<run.name>``)."""
+
+
+def remove_run_outputs(run_dir: Path) -> None:
+    """``--run.overwrite true``: remove an earlier run's outputs, so that ``last`` names the new run's checkpoint
+    everywhere and its curves start clean (Lightning would write ``last-v1.ckpt`` beside the old ``last.ckpt``
+    and add event files to the old ones). Only the entries a run writes: the folder may hold anything else.
+    Rank 0 alone removes them, before any process group exists and so before anything is written."""
+    import shutil
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:

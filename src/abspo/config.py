@@ -137,7 +137,9 @@ class OptimizerConfig:
     decay_steps: int | None = None
     """Optimizer steps of this role at which the decay reaches 0 (required for linear/cosine)."""
 
-    def build(self, params, key: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    def validate(self, key: str) -> tuple[type[torch.optim.Optimizer], dict]:
+        """The optimizer class and its keyword arguments, or a ConfigError naming ``key``'s field. Called when
+        the module is built, so that a bad setting fails before a run writes anything."""
         cls = getattr(torch.optim, self.name, None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ConfigError(f"{key}.name", f"{self.name!r} is not an optimizer in torch.optim", "use e.g. AdamW, Adam or SGD")
@@ -149,10 +151,19 @@ class OptimizerConfig:
             raise ConfigError(f"{key}.weight_decay", f"{self.name} has no weight decay", "set weight_decay: 0")
         if "betas" in accepted:
             kwargs["betas"] = tuple(self.betas)
-        optimizer = cls(params, **kwargs)
         if self.decay != "constant" and not self.decay_steps:
             raise ConfigError(f"{key}.decay_steps", f"decay {self.decay!r} needs decay_steps", "set decay_steps or decay: constant")
+        return cls, kwargs
+
+    def build(self, params, key: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        cls, kwargs = self.validate(key)
+        optimizer = cls(params, **kwargs)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+
+    def state_settings(self) -> dict:
+        """The settings a checkpoint's optimizer and scheduler state carry with it (a resume restores them from
+        the state, whatever the config says); the warm-up and decay are read from the config at every step."""
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas)}
 
     def lr_factor(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -156,6 +156,7 @@ class SelfPlayModule(L.LightningModule):
             if adapter not in self.bank_spec.adapters and mode != "shared_full":
                 raise ConfigError(f"model.optimizers.{adapter}", f"no adapter named {adapter!r}",
                                   f"optimizers are keyed by adapter name: {sorted(self.bank_spec.adapters)}")
+            self.optim_cfg[adapter].validate(f"model.optimizers.{adapter}")
         for adapter in self.bank_spec.adapters if mode != "shared_full" else ():
             if adapter not in self.optim_cfg:
                 raise ConfigError("model.optimizers", f"adapter {adapter!r} has no optimizer",
@@ -804,7 +805,9 @@ class SelfPlayModule(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_signature(self) -> dict:
         bank = self.bank_spec.signature() if self.mode != "shared_full" else {}
-        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "mode": self.mode, "bank": bank}
+        optimizers = {a: cfg.state_settings() for a, cfg in self.optim_cfg.items()}
+        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "mode": self.mode, "bank": bank,
+                "optimizers": optimizers}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         adapter_keys = {k for k in checkpoint["state_dict"] if self.bank.owner_of(k) is not None}
@@ -874,6 +877,21 @@ class SelfPlayModule(L.LightningModule):
         if missing:
             raise ConfigError(key, f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]})",
                               "resume from a complete abspo checkpoint")
+
+
+    def check_resume(self, checkpoint: dict) -> None:
+        """Raise a ConfigError unless this run's optimizers are the checkpoint's. The optimizer and scheduler
+        states a resume loads hold their own class, learning rate, betas and weight decay: a changed setting would
+        be silently ignored (or, for another optimizer class, fail mid-run on the state's missing entries).
+        Checkpoints from before this check carry no optimizer settings and are taken as they are."""
+        saved = checkpoint.get("abspo", {}).get("optimizers")
+        if saved is None:
+            return
+        diffs = _diff(saved, self.checkpoint_signature()["optimizers"], "model.optimizers")
+        if diffs:
+            raise ConfigError("--ckpt_path", "the checkpoint's optimizer states were made with other settings, which "
+                              "a resume would keep: " + "; ".join(diffs), "resume with the checkpoint's optimizer "
+                              "settings, or start a new run (another run.name)")
 
 
 def _diff(saved, mine, path: str) -> list[str]:
