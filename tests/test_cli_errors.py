@@ -198,3 +198,78 @@ def test_rollout_decoding_settings_that_cannot_work(capsys, tmp_path):
     err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.rollout.hf.cache", "static",
                    "--model.rollout.hf.compile", "true", "--model.algorithm.old_logprobs", "sampler")
     assert "model.algorithm.old_logprobs" in err and "compiled decoding" in err and "old_logprobs: recompute" in err
+
+
+# -- files that cannot be read as text, folders that cannot be written, hub ids that are not there -----------------
+def command_fails(capsys, *argv: str) -> str:
+    """Any abspo command: exit status 2 and one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("abspo: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("content, words", [(b"trainer:\n  max_steps: 2  # \xe9tapes\n", ":2: not UTF-8 text"),
+                                            (b"# overrides go here\n", "holds no settings"),
+                                            (b"- trainer\n", "holds a list, not a mapping")])
+def test_a_config_file_that_holds_no_settings_is_named(capsys, tmp_path, content, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for argv in ([*TINY, "--config", str(bad)], ["plan", "--config", "configs/tiny.yaml", "--config", str(bad)],
+                 ["safety-report", "--config", str(bad)]):
+        err = command_fails(capsys, *argv)
+        assert f"{bad}" in err and words in err, err
+
+
+def test_a_seed_file_that_is_not_utf8_names_its_line(capsys, tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "label": "harmful"}\n{"prompt": "caf\xe9", "label": "harmful"}\n')
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful", f"[{bad}]")
+    assert f"data.harmful[0]: {bad}:2 is not UTF-8 text" in err
+
+
+def test_an_output_folder_that_is_a_file_fails_before_any_work(capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    err = run_main(capsys, "--run.output_root", str(a_file))
+    assert "run.output_root" in err and "which is a file" in err
+    err = command_fails(capsys, "safety-report", "--out", str(a_file), "--defender", "base",
+                        "--base.name_or_path", "tiny-qwen2")
+    assert "--out" in err and "is a file" in err
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["safety-report", "--out", "x", "--protocol.limt", "2"], "--protocol.limt: unknown option. Fix: did you mean "
+                                                               "'--protocol.limit'? check the spelling against abspo "
+                                                               "safety-report --help"),
+    (["crossplay", "--out", "x", "--attackers", "vanilla"], "attackers: wrong value"),
+    (["plan", "--config", "configs/tiny.yaml", "--devices", "0"], "--devices: must be >= 1, got 0"),
+    (["plan", "--config", "configs/tiny.yaml", "--micro-batch-size", "2.5"], "--micro-batch-size: '2.5' is not a whole"),
+])
+def test_the_other_commands_name_a_bad_option_in_one_line(capsys, argv, words):
+    assert words in command_fails(capsys, *argv)
+
+
+def test_plan_names_a_config_value_that_is_not_a_count(capsys, tmp_path):
+    bad = tmp_path / "eight.yaml"
+    bad.write_text("data: {batch_size: eight}\n")
+    err = command_fails(capsys, "plan", "--config", "configs/tiny.yaml", "--config", str(bad))
+    assert "data.batch_size: 'eight' is not a whole number" in err
+
+
+def test_a_hub_id_that_is_not_cached_is_one_line(capsys, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network call from a test
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.base.name_or_path", "no-org/no-such-model")
+    assert "model.base.name_or_path: could not load 'no-org/no-such-model'" in err and "Hugging Face cache" in err
+    err = command_fails(capsys, "plan", "--config", "configs/tiny.yaml", "--config", str(
+        write_yaml(tmp_path / "hub.yaml", "model: {base: {name_or_path: no-org/no-such-model}}\n")))
+    assert "could not load 'no-org/no-such-model'" in err
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -47,7 +47,7 @@ from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import ProgressLines, progress_callback
 from abspo.checkpoint_io import AtomicCheckpointIO
 from abspo.data import SeedDataModule
-from abspo.errors import ConfigError, TrainingStopped
+from abspo.errors import ConfigError, TrainingStopped, check_output_folder
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
@@ -171,6 +171,7 @@ class AbspoCLI(LightningCLI):
             if max_batches < 1:
                 raise ConfigError("run.max_batches", f"must be >= 1, got {max_batches}", "use a positive number of batches")
             self.trainer.fit_loop.epoch_loop.max_steps = math.ceil(max_batches * self.model.optimizer_steps_per_batch)
+        check_output_folder(self.run_dir(), "run.output_root")
         self._restore_signals = preemption.install(self.trainer)  # SIGTERM / Ctrl-C: finish the batch, save, exit
         ckpt = self._get(self.config, "ckpt_path")
         if ckpt is None:
@@ -248,6 +249,7 @@ class AbspoCLI(LightningCLI):
         untrained base. Writes ``<run dir>/eval/<step-N | adapter-<run>-<role> | base>/report.{json,md}`` and
         ``exchanges.{jsonl,html}``, and logs every rate to TensorBoard under ``eval/``.
         """
+        check_output_folder(self.run_dir(), "run.output_root")  # the report goes there, after the generation
         protocol, data = self._get(self.config, "eval"), self._get(self.config, "eval_data")
         protocol, data = SafetyProtocol(**vars(protocol)), SafetyData(**vars(data))
         try:
@@ -424,17 +426,24 @@ def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> 
     The options use abspo's config syntax: nested dataclass fields (``--protocol.limit``), a class path with
     ``--judge.init_args.<arg>``, and ``--config file.yaml`` holding any of them. Returns (result, arguments).
     """
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
     _prepare_command_line()
     _progress_lines()
-    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False)
+    check_config_files(argv)
+    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_function_arguments(fn)
-    cfg = parser.parse_args(argv)
+    try:
+        cfg = parser.parse_args(argv)
+    except ArgumentError as err:  # one line naming the option (and file:line), as for fit
+        known = [o for o in parser._option_string_actions if o.startswith("--")]
+        raise config_error(str(err), argv, known, prog) from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     kwargs = instantiate(cfg).as_dict()
     kwargs.pop("config", None)
+    if kwargs.get("out") is not None:
+        check_output_folder(kwargs["out"], "--out")
     return fn(**kwargs), kwargs
 
 

@@ -197,7 +197,7 @@ class LoggingConfig:
 def stacked_config_files(paths: list[str], key: str = "--config") -> dict:
     """The YAML files ``abspo fit --config a.yaml --config b.yaml`` would read, merged in order (later keys
     override, nested sections merge): what tools that plan or drive a run read without starting one."""
-    import yaml
+    from abspo.parse_errors import read_config_file
 
     def merge(into: dict, new: dict) -> dict:
         for k, v in new.items():
@@ -206,13 +206,5 @@ def stacked_config_files(paths: list[str], key: str = "--config") -> dict:
 
     out: dict = {}
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                merge(out, yaml.safe_load(fh) or {})
-        except OSError as err:
-            raise ConfigError(key, f"cannot read {path} ({err.strerror})", "pass a training config file") from None
-        except yaml.YAMLError as err:
-            from abspo.parse_errors import yaml_error
-
-            raise yaml_error(path, err) from None
+        merge(out, read_config_file(path, key))
     return out

@@ -8,6 +8,9 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class ConfigError(ValueError):
     """A user mistake: the message names the config key or file, what is wrong, and how to fix it."""
@@ -19,3 +22,16 @@ class ConfigError(ValueError):
 
 class TrainingStopped(RuntimeError):
     """A guard stopped the run (:class:`abspo.config.GuardConfig`): the message says which, why, and what to do."""
+
+
+def check_output_folder(path: str | Path, key: str) -> None:
+    """A ConfigError naming ``key`` unless ``path`` is a folder that can be written, or can be created as one.
+    Checked before any work, without creating anything: a command that would fail only when it writes its
+    results (after its generation and judging) fails at once instead."""
+    folder = Path(path).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"would be inside {existing}, which is a file"
+        raise ConfigError(key, f"{path} {where}, not a folder", "point it at a folder (an existing one or one to create)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{existing} cannot be written", "point it at a folder you can write to")

@@ -137,9 +137,8 @@ def smollm2_folder() -> Path:
 
 def load_tokenizer(cfg: BaseModel) -> PreTrainedTokenizerBase:
     source = _tokenizer_source(cfg)
-    tok = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=cfg.trust_remote_code, revision=None if _is_builtin(cfg) else cfg.revision
-    )
+    tok = _pretrained(AutoTokenizer, source, cfg.name_or_path, trust_remote_code=cfg.trust_remote_code,
+                      revision=None if _is_builtin(cfg) else cfg.revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation continues on the right edge of every row
@@ -192,16 +191,8 @@ def load_base(cfg: BaseModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     else:
         source = smollm2_folder() if cfg.name_or_path == "smollm2-135m-instruct" else _checked_path_or_id(cfg.name_or_path)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, **kwargs
-            )
-        except OSError as err:
-            raise ConfigError(
-                "model.base.name_or_path",
-                f"could not load {cfg.name_or_path!r} ({str(err).splitlines()[0]})",
-                "use a local model folder, a hub id that is in your Hugging Face cache, or a built-in name",
-            ) from None
+        model = _pretrained(AutoModelForCausalLM, source, cfg.name_or_path, dtype=dtype,
+                            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, **kwargs)
     model.requires_grad_(False)
     model.eval()
     if model.generation_config.pad_token_id is None:
@@ -232,7 +223,18 @@ def architecture_config(name_or_path: str):
         vocab = len(load_tokenizer(BaseModel(name_or_path=name_or_path)))
         return AutoConfig.for_model("qwen2", vocab_size=vocab, **TINY_QWEN2)
     source = smollm2_folder() if name_or_path == "smollm2-135m-instruct" else _checked_path_or_id(name_or_path)
-    return AutoConfig.from_pretrained(source)
+    return _pretrained(AutoConfig, source, name_or_path)
+
+
+def _pretrained(auto_class, source: str | Path, name: str, **kwargs):
+    """``auto_class.from_pretrained(source, **kwargs)``; a hub id that is neither cached nor reachable (or is
+    misspelt) is one ConfigError line, not transformers' traceback."""
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise ConfigError("model.base.name_or_path", f"could not load {name!r} ({str(err).splitlines()[0]})",
+                          "use a local model folder, a hub id that is in your Hugging Face cache, or a built-in name",
+                          ) from None
 
 
 def weight_folder(cfg: BaseModel) -> Path:

@@ -35,12 +35,30 @@ def config_files(argv: list[str]) -> list[Path]:
 def check_config_files(argv: list[str]) -> None:
     """Each ``--config`` file exists and is valid YAML; else a ConfigError naming the file and line."""
     for path in config_files(argv):
-        if not path.is_file():
-            raise ConfigError("--config", f"{path} does not exist", "check the path (configs/ holds the shipped ones)")
-        try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise yaml_error(path, err) from None
+        read_config_file(path)
+
+
+def read_config_file(path: str | Path, key: str = "--config") -> dict:
+    """The settings of one config file; a ConfigError naming ``key`` or the file (and line) where it cannot
+    hold any: missing, not UTF-8, not YAML, or not a mapping of settings (empty, only comments, a list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, f"{path} does not exist", "check the path (configs/ holds the shipped ones)")
+    try:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}", "not UTF-8 text", "save the file as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(key, f"cannot read {path} ({err.strerror})", "pass a readable config file") from None
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
+    if not isinstance(data, dict):
+        held = "no settings (it is empty or only comments)" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(str(path), f"holds {held}, not a mapping of settings",
+                          "write sections of key: value settings, e.g. `trainer: {max_steps: 10}`")
+    return data
 
 
 def yaml_error(path: str | Path, err: yaml.YAMLError) -> ConfigError:
@@ -87,9 +105,10 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
-def config_error(message: str, argv: list[str], known_options: list[str] = ()) -> ConfigError:
+def config_error(message: str, argv: list[str], known_options: list[str] = (), command: str = "abspo fit",
+                 ) -> ConfigError:
     """The ConfigError for a jsonargparse error ``message`` raised while parsing ``argv`` (``known_options``: the
-    parser's option strings, for suggestions)."""
+    parser's option strings, for suggestions; ``command``: whose ``--help`` lists the options)."""
     files = config_files(argv)
     outer = re.match(r'Parser key "([^"]+)"', message)
     class_path = re.search(r"class_path '([\w.]+)'", message)
@@ -98,22 +117,23 @@ def config_error(message: str, argv: list[str], known_options: list[str] = ()) -
         key = f"{outer.group(1)}.{unknown.group(1)}"
         options = accepted_options(class_path.group(1)) if class_path else []
         return ConfigError(_where(key, files), "unknown key", f"{_suggest(unknown.group(1), options)}valid keys "
-                           f"here: {', '.join(options) if options else 'see abspo fit --help'}")
+                           f"here: {', '.join(options) if options else f'see {command} --help'}")
     inner = re.search(r'Parser key "([^"]+)":\s*\n\s*(Expected [^\n]+)', message)
     if outer and inner and inner.group(1) != outer.group(1):
         key = f"{outer.group(1)}.{inner.group(1)}"
         return ConfigError(_where(key, files), f"wrong value: {inner.group(2).strip()}",
-                           "give a value of that type (see abspo fit --help for each key's type)")
+                           f"give a value of that type (see {command} --help for each key's type)")
     if outer:
         detail = next((line.strip() for line in message.splitlines()[1:] if line.strip().startswith("Expected")),
                       message.splitlines()[-1].strip())
         return ConfigError(_where(outer.group(1), files), f"wrong value: {detail}",
-                           "see abspo fit --help for the key's type")
+                           f"see {command} --help for the key's type")
     unrecognized = re.match(r"unrecognized arguments: (.*)", message)
     if unrecognized:
         options = [a.split("=", 1)[0] for a in unrecognized.group(1).split() if a.startswith("--")]
         hint = _suggest(options[0], list(known_options)) if options else ""
         return ConfigError(", ".join(options) or "arguments", "unknown option",
-                           f"{hint}check the spelling against abspo fit --help (options are --<section>.<key>, e.g. "
-                           "--model.algorithm.kl_coef, --trainer.max_steps, --run.name)")
-    return ConfigError("arguments", message.strip().splitlines()[0], "see abspo fit --help")
+                           f"{hint}check the spelling against {command} --help" + (
+                               " (options are --<section>.<key>, e.g. --model.algorithm.kl_coef, --trainer.max_steps, "
+                               "--run.name)" if command == "abspo fit" else ""))
+    return ConfigError("arguments", message.strip().splitlines()[0], f"see {command} --help")

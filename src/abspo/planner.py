@@ -31,9 +31,12 @@ linear layer and SDPA attention (no sequence-squared term): it is validated agai
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from dataclasses import dataclass, field
 
+from abspo.errors import ConfigError
 from abspo.rollout import ROWS_PER_CHUNK
 
 GIB = 2**30
@@ -280,20 +283,21 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     strategy = trainer.get("strategy") or "auto"
     strategy = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
     devices = trainer.get("devices", 1)
-    devices = int(devices) if str(devices).isdigit() else 1
+    devices = count(devices, "trainer.devices") if str(devices).lstrip("-").isdigit() else 1  # "auto", a list: 1
     judge = model.get("judge") or {}
     judge_name = str(judge.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(judge, dict) else ""
     values = dict(
         arch=architecture(base["name_or_path"]),
         base_dtype=base["dtype"],
-        lora_ranks=[int((spec or {}).get("r", 16)) for spec in adapters.values()],
+        lora_ranks=[count((spec or {}).get("r", 16), f"model.bank.adapters.{name}.r") for name, spec in adapters.items()],
         mode=str(model.get("mode") or "bipolicy"),
-        devices=devices * int(trainer.get("num_nodes", 1) or 1),
+        devices=devices * count(trainer.get("num_nodes", 1) or 1, "trainer.num_nodes"),
         sharded="ModelParallel" in strategy or "fsdp" in strategy.lower(),
-        games=int(data.get("batch_size", 8)) * int(algorithm["group_size"]),
-        new_tokens_attacker=int(game["max_new_tokens_attacker"]),
-        new_tokens_defender=int(game["max_new_tokens_defender"]),
-        micro_batch_size=int(algorithm["micro_batch_size"]),
+        games=count(data.get("batch_size", 8), "data.batch_size") * count(algorithm["group_size"],
+                                                                          "model.algorithm.group_size"),
+        new_tokens_attacker=count(game["max_new_tokens_attacker"], "model.game.max_new_tokens_attacker"),
+        new_tokens_defender=count(game["max_new_tokens_defender"], "model.game.max_new_tokens_defender"),
+        micro_batch_size=count(algorithm["micro_batch_size"], "model.algorithm.micro_batch_size"),
         activation_checkpointing=bool(algorithm["activation_checkpointing"]),
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
     )
@@ -301,19 +305,58 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     return PlanInputs(**values)
 
 
+def count(value, key: str) -> int:
+    """``value`` as a whole number >= 1, else a ConfigError naming ``key``."""
+    try:
+        n = int(value)
+        if n != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{value!r} is not a whole number", "give a whole number >= 1") from None
+    if n < 1:
+        raise ConfigError(key, f"must be >= 1, got {n}", "give a whole number >= 1")
+    return n
+
+
+def gib(value: str) -> float:
+    """An ``abspo plan`` option in GiB: a number > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
+
+
+def whole(value: str) -> int:
+    """An ``abspo plan`` option that counts something: a whole number >= 1."""
+    try:
+        return count(value, "")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one abspo line naming the option (not a usage block)."""
+
+    def error(self, message: str):
+        option = re.match(r"argument ([-\w/]+): (.*)", message)
+        key, problem = option.groups() if option else ("arguments", message)
+        raise ConfigError(key.split("/")[0], problem, f"see {self.prog} --help")
+
+
 def plan_main(argv: list[str]) -> None:
     """``abspo plan``: the memory plan of a training config (see the module docstring)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="abspo plan", description=__doc__.split("\n\n")[0])
+    parser = _OneLineParser(prog="abspo plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", required=True, help="training config(s), stacked as for fit")
-    parser.add_argument("--devices", type=int, help="total devices (default: trainer.devices x trainer.num_nodes)")
+    parser.add_argument("--devices", type=whole, help="total devices (default: trainer.devices x trainer.num_nodes)")
     parser.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=None,
                         help="FSDP2 sharding (default: from trainer.strategy)")
-    parser.add_argument("--device-memory-gib", type=float, help="memory of one device, e.g. 80 for an H100")
-    parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--device-memory-gib", type=gib, help="memory of one device, e.g. 80 for an H100")
+    parser.add_argument("--micro-batch-size", type=whole)
     parser.add_argument("--activation-checkpointing", action="store_true", default=None)
-    parser.add_argument("--prompt-tokens", type=int,
+    parser.add_argument("--prompt-tokens", type=whole,
                         help="tokens of the longest turn prompt (default 256 + the attacker's max_new_tokens)")
     parser.add_argument("--runtime-gib", type=float, help="framework memory (default 1.0)")
     parser.add_argument("--mode", choices=["bipolicy", "shared_lora", "shared_full"], help="default: model.mode")
