@@ -73,7 +73,7 @@ def test_malformed_jsonl_line_is_named(capsys, tmp_path):
 
 
 def test_harmful_fraction_without_harmful_seeds(capsys, tmp_path):
-    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful_sources", "[no-such-source]")
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--data.harmful", "[]")
     assert "data.harmful" in err and "no harmful seeds" in err and "harmful_fraction" in err
 
 
@@ -273,3 +273,11 @@ def test_a_hub_id_that_is_not_cached_is_one_line(capsys, tmp_path, monkeypatch):
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("key, value, least", [("checkpoint_every_n_steps", "-1", 1), ("max_batches", "0", 1),
+                                               ("export_every_n_steps", "-2", 0), ("progress_every_n_batches", "0", 1)])
+def test_a_run_setting_out_of_range_is_named(capsys, tmp_path, key, value, least):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), f"--run.{key}", value)
+    assert f"run.{key}: must be >= {least}, got {value}" in err
+    assert not (tmp_path / "tiny").exists(), "nothing written"

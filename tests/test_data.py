@@ -203,13 +203,16 @@ def test_state_dict_round_trip_resumes_at_saved_batch(tmp_path, load_before_setu
 
 
 @pytest.mark.parametrize("label", ["harmful", "benign"])
-def test_source_filter_that_leaves_nothing_names_the_key(tmp_path, label):
-    h, b = seed_files(tmp_path, source="kit")
-    dm = SeedDataModule(harmful=[str(h)], benign=[str(b)], harmful_fraction=0.5, **{f"{label}_sources": ["other"]})
+def test_a_listed_source_no_seed_comes_from_is_named_with_the_sources_there(tmp_path, label):
+    """A misspelt source would otherwise train on the other listed sources alone, silently."""
+    h, b = seed_files(tmp_path, source="kit-seeds")
+    dm = SeedDataModule(harmful=[str(h)], benign=[str(b)], harmful_fraction=0.5,
+                        **{f"{label}_sources": ["kit-seeds", "kit-seed"]})
     with pytest.raises(ConfigError) as err:
         dm.setup("fit")
-    assert err.value.key == f"data.{label}"
-    assert f"data.{label}" in str(err.value) and f"{label}_sources" in str(err.value)
+    assert err.value.key == f"data.{label}_sources"
+    assert "'kit-seed'" in err.value.problem and "did you mean 'kit-seeds'?" in err.value.fix
+    assert f"the sources in data.{label} are: kit-seeds" in err.value.fix
 
 
 def test_sources_filter_keeps_listed_sources(tmp_path):

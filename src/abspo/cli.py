@@ -89,6 +89,13 @@ class RunConfig:
     exports and reports are removed first. Off: such a run stops with an error, so an earlier run is never
     overwritten by accident."""
 
+    def validate(self) -> None:
+        for key, least in (("checkpoint_every_n_steps", 1), ("export_every_n_steps", 0),
+                           ("progress_every_n_batches", 1), ("max_batches", 1)):
+            value = getattr(self, key)
+            if value is not None and value < least:
+                raise ConfigError(f"run.{key}", f"must be >= {least}, got {value}", f"give a whole number >= {least}")
+
 
 class AbspoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
@@ -106,6 +113,7 @@ class AbspoCLI(LightningCLI):
 
     def _instantiate_trainer(self, config, callbacks):
         run = self._get(self.config, "run")
+        RunConfig(**vars(run)).validate()
         run_dir = self.run_dir()
         asked = config.get("default_root_dir")
         if asked is not None and Path(str(asked)).resolve() != run_dir.resolve():
@@ -168,8 +176,6 @@ class AbspoCLI(LightningCLI):
         self.datamodule.setup("fit")
         max_batches = self._get(self.config, "run").max_batches
         if max_batches is not None:
-            if max_batches < 1:
-                raise ConfigError("run.max_batches", f"must be >= 1, got {max_batches}", "use a positive number of batches")
             self.trainer.fit_loop.epoch_loop.max_steps = math.ceil(max_batches * self.model.optimizer_steps_per_batch)
         check_output_folder(self.run_dir(), "run.output_root")
         self._restore_signals = preemption.install(self.trainer)  # SIGTERM / Ctrl-C: finish the batch, save, exit

@@ -8,6 +8,7 @@ would have seen.
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,17 @@ def read_seed_file(path: str | Path, key: str, expect_label: str | None = None) 
 
 
 def load_seeds(paths: list[str], key: str, label: str, sources: list[str] | None) -> list[Seed]:
+    """The seeds of ``paths``, those of ``sources`` only when given. A listed source that no seed comes from is
+    an error (a misspelt name would otherwise train on the other sources alone, silently)."""
     seeds = [s for i, p in enumerate(paths) for s in read_seed_file(p, f"{key}[{i}]", label)]
     if sources is not None:
+        found = sorted({s.source for s in seeds})
+        unknown = [name for name in sources if name not in found]
+        if unknown and seeds:
+            close = difflib.get_close_matches(unknown[0], found, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key}_sources", f"no {label} seed comes from {', '.join(map(repr, unknown))}",
+                              f"{hint}the sources in {key} are: {', '.join(found)}")
         seeds = [s for s in seeds if s.source in sources]
     return seeds
 
@@ -113,7 +123,8 @@ class SeedDataModule(L.LightningDataModule):
         Args:
             harmful: JSONL files of harmful seed requests (``prompt``, ``label: harmful``, ``source``).
             benign: JSONL files of benign seed requests (``label: benign``).
-            harmful_sources: keep only harmful seeds whose ``source`` is listed (None keeps all).
+            harmful_sources: keep only harmful seeds whose ``source`` is listed (None keeps all). A listed
+                source that no seed comes from is an error (a misspelt name).
             benign_sources: keep only benign seeds whose ``source`` is listed. The data kit's ``alpacaeval``
                 seeds are CC BY-NC 4.0 (non-commercial): leave it out for commercial use.
             batch_size: games per training batch (the rollout batch).
