@@ -281,3 +281,22 @@ def test_a_run_setting_out_of_range_is_named(capsys, tmp_path, key, value, least
     err = run_main(capsys, "--run.output_root", str(tmp_path), f"--run.{key}", value)
     assert f"run.{key}: must be >= {least}, got {value}" in err
     assert not (tmp_path / "tiny").exists(), "nothing written"
+
+
+def test_a_bad_value_is_named_where_it_was_set(capsys, tmp_path):
+    """By its whole path: the defender's lr on its own line (not the attacker's valid lr above it), the role kept
+    in the key; a value given on the command line is named as the option, not as the file's valid line."""
+    bad = write_yaml(tmp_path / "bad.yaml", "model:\n  optimizers:\n    attacker:\n      lr: 1.0e-3\n"
+                                           "    defender:\n      lr: fast\n")
+    err = command_fails(capsys, *TINY, "--config", str(bad))
+    assert f"{bad}:6: model.optimizers.defender.lr: wrong value" in err, err
+    err = command_fails(capsys, *TINY, "--model.optimizers.attacker.lr", "fast")
+    assert "--model.optimizers.attacker.lr: wrong value" in err, err
+    err = command_fails(capsys, *TINY, "--trainer.max_steps", "abc")
+    assert "abspo: error: --trainer.max_steps: wrong value" in err, err
+
+
+def test_an_unknown_key_of_a_trainer_section_is_named_with_its_line(capsys, tmp_path):
+    typo = write_yaml(tmp_path / "typo.yaml", "# mine\ntrainer:\n  max_stepz: 3\n")
+    err = command_fails(capsys, *TINY, "--config", str(typo))
+    assert f"{typo}:3: trainer.max_stepz: unknown key" in err and "did you mean 'trainer.max_steps'?" in err, err

@@ -85,19 +85,46 @@ def accepted_options(class_path: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
-def _where(key: str, files: list[Path]) -> str:
-    """``file:line key`` for the last config file that sets ``key``'s last component, else ``key``."""
-    leaf = key.rsplit(".", 1)[-1]
-    pattern = re.compile(rf"^\s*{re.escape(leaf)}\s*:")
-    for path in reversed(files):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            continue
-        for n, line in enumerate(lines, 1):
-            if pattern.match(line):
-                return f"{path}:{n}: {key}"
+def _where(key: str, argv: list[str]) -> str:
+    """Where ``key`` was set: ``--key`` when the command line sets it (it overrides the files), else
+    ``file:line: key`` for the last config file that sets it (found by its whole path in the YAML, so that
+    ``defender: {lr: ...}`` is not mistaken for the attacker's ``lr``), else ``key``."""
+    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
+        return f"--{key}"
+    parts = key.split(".")
+    for path in reversed(config_files(argv)):
+        line = _line_of(path, parts) or _line_of(path, [p for p in parts if p != "init_args"])
+        if line is not None:
+            return f"{path}:{line}: {key}"
     return key
+
+
+def _line_of(path: Path, keys: list[str]) -> int | None:
+    """The 1-based line of the nested mapping key ``keys`` in the YAML file ``path``, None where it is not set."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for k in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        match = next(((kn, vn) for kn, vn in node.value if getattr(kn, "value", None) == k), None)
+        if match is None:
+            return None
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def _entry_of(message: str, inner: str) -> str:
+    """``<name>.`` of the entry of a dict-valued key (``model.optimizers``) whose value failed on ``inner``: the one
+    given as ``NestedArg(key='<name>.<inner>')`` on the command line, or the one whose value is still a plain dict
+    holding ``inner`` (the entries that validated are Namespaces by then); else ``""``."""
+    nested = re.search(rf"NestedArg\(key='([\w-]+)\.{re.escape(inner)}'", message)
+    if nested:
+        return nested.group(1) + "."
+    raw = re.search(rf"'([\w-]+)': \{{[^{{}}]*'{re.escape(inner)}':", message)
+    return raw.group(1) + "." if raw else ""
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -109,25 +136,29 @@ def config_error(message: str, argv: list[str], known_options: list[str] = (), c
                  ) -> ConfigError:
     """The ConfigError for a jsonargparse error ``message`` raised while parsing ``argv`` (``known_options``: the
     parser's option strings, for suggestions; ``command``: whose ``--help`` lists the options)."""
-    files = config_files(argv)
     outer = re.match(r'Parser key "([^"]+)"', message)
     class_path = re.search(r"class_path '([\w.]+)'", message)
     unknown = re.search(r"Option '(\w+)' is not accepted", message)
     if outer and unknown:
         key = f"{outer.group(1)}.{unknown.group(1)}"
         options = accepted_options(class_path.group(1)) if class_path else []
-        return ConfigError(_where(key, files), "unknown key", f"{_suggest(unknown.group(1), options)}valid keys "
+        return ConfigError(_where(key, argv), "unknown key", f"{_suggest(unknown.group(1), options)}valid keys "
                            f"here: {', '.join(options) if options else f'see {command} --help'}")
     inner = re.search(r'Parser key "([^"]+)":\s*\n\s*(Expected [^\n]+)', message)
     if outer and inner and inner.group(1) != outer.group(1):
-        key = f"{outer.group(1)}.{inner.group(1)}"
-        return ConfigError(_where(key, files), f"wrong value: {inner.group(2).strip()}",
+        key = f"{outer.group(1)}.{_entry_of(message, inner.group(1))}{inner.group(1)}"
+        return ConfigError(_where(key, argv), f"wrong value: {inner.group(2).strip()}",
                            f"give a value of that type (see {command} --help for each key's type)")
     if outer:
         detail = next((line.strip() for line in message.splitlines()[1:] if line.strip().startswith("Expected")),
                       message.splitlines()[-1].strip())
-        return ConfigError(_where(outer.group(1), files), f"wrong value: {detail}",
+        return ConfigError(_where(outer.group(1), argv), f"wrong value: {detail}",
                            f"see {command} --help for the key's type")
+    not_accepted = re.search(r"does not accept (?:option|nested key) '([\w.]+)'", message)
+    if not_accepted:  # a key of a config file that no section has
+        key = not_accepted.group(1)
+        hint = _suggest(f"--{key}", list(known_options)).replace("'--", "'")
+        return ConfigError(_where(key, argv), "unknown key", f"{hint}check the spelling against {command} --help")
     unrecognized = re.match(r"unrecognized arguments: (.*)", message)
     if unrecognized:
         options = [a.split("=", 1)[0] for a in unrecognized.group(1).split() if a.startswith("--")]
