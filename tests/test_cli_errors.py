@@ -300,3 +300,27 @@ def test_an_unknown_key_of_a_trainer_section_is_named_with_its_line(capsys, tmp_
     typo = write_yaml(tmp_path / "typo.yaml", "# mine\ntrainer:\n  max_stepz: 3\n")
     err = command_fails(capsys, *TINY, "--config", str(typo))
     assert f"{typo}:3: trainer.max_stepz: unknown key" in err and "did you mean 'trainer.max_steps'?" in err, err
+
+
+@pytest.mark.parametrize("argv, words", [(["crossply"], "unknown command 'crossply'. Fix: did you mean 'crossplay'?"),
+                                         ([], "no command given")])
+def test_an_unknown_command_lists_every_command(capsys, argv, words):
+    err = command_fails(capsys, *argv)
+    assert words in err and "fit, test, crossplay, safety-report, plan, compare" in err, err
+
+
+def test_an_adapter_export_given_to_resume_says_what_it_is(capsys, finished_run):
+    exported = finished_run / "tiny" / "adapters"
+    err = command_fails(capsys, *TINY, "--run.output_root", str(finished_run), "--ckpt_path", str(exported))
+    assert "is an adapter export (PEFT folder), not a training checkpoint" in err and "abspo test" in err, err
+
+
+def test_a_damaged_adapter_config_is_named_by_safety_report(capsys, finished_run, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "defender"
+    shutil.copytree(finished_run / "tiny" / "adapters" / "defender", damaged)
+    (damaged / "adapter_config.json").write_text("{bad")
+    err = command_fails(capsys, "safety-report", "--out", str(tmp_path / "report"), "--defender", str(damaged),
+                        "--base.name_or_path", "tiny-qwen2")
+    assert f"cannot read {damaged / 'adapter_config.json'} (JSONDecodeError)" in err, err

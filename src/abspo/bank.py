@@ -227,11 +227,7 @@ class AdapterBank(nn.Module):
         """
         adapter = self.adapter_for(role)
         folder = Path(folder)
-        try:
-            saved_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(key, f"cannot read {folder / 'adapter_config.json'} ({type(err).__name__})",
-                              "point at a PEFT adapter folder, e.g. checkpoints/<run>/adapters/" + role) from None
+        saved_config = saved_adapter_config(folder, key)
         check_adapter_fits(self.model, folder, adapter, key, f"this run's {role} adapter",
                            f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with")
         spec = self.model.peft_config[adapter]
@@ -296,6 +292,20 @@ def lora_initial_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape)
     generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     return nn.init.kaiming_uniform_(torch.empty(shape), a=math.sqrt(5), generator=generator)
+
+
+def saved_adapter_config(folder: Path, key: str) -> dict:
+    """``folder``'s ``adapter_config.json``; a missing or damaged one names ``key`` (PEFT's own reader would fail
+    with an error that reads like a base mismatch)."""
+    path = folder / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(key, f"cannot read {path} ({type(err).__name__})",
+                          "point at a PEFT adapter folder, e.g. checkpoints/<run>/adapters/defender") from None
+    if not isinstance(config, dict):
+        raise ConfigError(key, f"{path} is not a JSON object", "re-export the adapter, or point at another folder")
+    return config
 
 
 def saved_adapter_shapes(folder: Path, key: str) -> dict[str, tuple[int, ...]]:

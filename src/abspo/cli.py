@@ -19,6 +19,7 @@ User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit wi
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import json
 import logging
@@ -236,6 +237,10 @@ class AbspoCLI(LightningCLI):
                 raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
                                   "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
         if path.is_dir():
+            if (path / "adapter_config.json").is_file() or (path / "defender" / "adapter_config.json").is_file():
+                raise ConfigError("--ckpt_path", f"{path} is an adapter export (PEFT folder), not a training checkpoint",
+                                  "resume from this run's `last` or a .ckpt file; evaluate an adapter folder with "
+                                  f"abspo test --ckpt_path {path}")
             return _read_sharded_checkpoint(path)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -481,6 +486,7 @@ def compare_main(argv: list[str]) -> None:
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main,
                                                      "plan": plan_main, "compare": compare_main}
 """Subcommands beside LightningCLI's: they evaluate finished adapters or plan a run, and start no training."""
+SUBCOMMANDS = ("fit", "test", *COMMANDS)
 
 
 class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
@@ -490,7 +496,12 @@ class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpForma
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in COMMANDS:
+        if not argv or not (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
+            close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1) if argv else []
+            raise ConfigError("command", f"unknown command {argv[0]!r}" if argv else "no command given",
+                              (f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(SUBCOMMANDS)} "
+                              "(abspo --help says what each does)")
+        if argv[0] in COMMANDS:
             COMMANDS[argv[0]](argv[1:])
         else:
             check_config_files(argv)  # a missing file or bad YAML: file:line, before anything loads

@@ -41,7 +41,7 @@ from typing import Literal
 from peft import PeftModel
 from torch import nn
 
-from abspo.bank import check_adapter_fits, saved_adapter_shapes
+from abspo.bank import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
 from abspo.errors import ConfigError
 from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
                         read_defender_turn)
@@ -175,7 +175,8 @@ class PlayerPool:
         for i, (folder, spec) in enumerate(folders.items()):
             name = f"player{i}"
             _warn_on_base_name(folder, base)
-            saved_adapter_shapes(folder, spec.key)  # a damaged file is one clear line, not a safetensors traceback
+            saved_adapter_config(folder, spec.key)  # damaged files are one clear line, not PEFT's or safetensors'
+            saved_adapter_shapes(folder, spec.key)  # tracebacks
             try:
                 if i == 0:
                     model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)
