@@ -324,3 +324,16 @@ def test_a_damaged_adapter_config_is_named_by_safety_report(capsys, finished_run
     err = command_fails(capsys, "safety-report", "--out", str(tmp_path / "report"), "--defender", str(damaged),
                         "--base.name_or_path", "tiny-qwen2")
     assert f"cannot read {damaged / 'adapter_config.json'} (JSONDecodeError)" in err, err
+
+
+def test_the_tools_name_a_missing_config_or_run_folder_in_one_line(capsys, tmp_path):
+    from abspo.errors import one_line_errors
+    from abspo.evaluation.curves import read_scalars
+    from tools.param_count import count
+
+    for call, words in ((lambda: count("configs/nope.yaml"), "--config: configs/nope.yaml does not exist"),
+                        (lambda: read_scalars(tmp_path), f"run_dir: {tmp_path} has no tb/ folder")):
+        with pytest.raises(SystemExit) as exit_info, one_line_errors("tool"):
+            call()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"tool: error: {words}") and len(err.splitlines()) == 1

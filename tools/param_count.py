@@ -16,12 +16,15 @@ import argparse
 import json
 
 from abspo.accounting import RANKS, lora_rows, markdown_table
+from abspo.errors import one_line_errors
 from abspo.models import QWEN25_ARCHITECTURES
 
 
 def count(config: str) -> dict[str, int]:
     from abspo.cli import cli_main
+    from abspo.parse_errors import check_config_files
 
+    check_config_files(["--config", config])
     cli = cli_main(["--config", config, "--model.meta_device", "true", "--trainer.accelerator", "cpu"], run=False)
     return cli.model.trainable_parameter_count()
 
@@ -47,4 +50,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("param_count.py"):
+        main()

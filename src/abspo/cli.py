@@ -48,7 +48,7 @@ from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import ProgressLines, progress_callback
 from abspo.checkpoint_io import AtomicCheckpointIO
 from abspo.data import SeedDataModule
-from abspo.errors import ConfigError, TrainingStopped, check_output_folder
+from abspo.errors import ConfigError, TrainingStopped, check_output_folder, one_line_errors
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
@@ -495,6 +495,11 @@ class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, DefaultHelpForma
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+    with one_line_errors("abspo"):
+        _main(argv, args)
+
+
+def _main(argv: list[str], args: list[str] | None) -> None:
     try:
         if not argv or not (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
             close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1) if argv else []
@@ -506,9 +511,6 @@ def main(args: list[str] | None = None) -> None:
         else:
             check_config_files(argv)  # a missing file or bad YAML: file:line, before anything loads
             cli_main(args)
-    except ConfigError as err:
-        print(f"abspo: error: {err}", file=sys.stderr)
-        sys.exit(2)
     except TrainingStopped as err:
         print(f"abspo: training stopped: {err}", file=sys.stderr)
         sys.exit(1)

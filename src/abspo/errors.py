@@ -8,7 +8,10 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -35,3 +38,14 @@ def check_output_folder(path: str | Path, key: str) -> None:
         raise ConfigError(key, f"{path} {where}, not a folder", "point it at a folder (an existing one or one to create)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(key, f"{existing} cannot be written", "point it at a folder you can write to")
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """A ConfigError raised inside becomes ``<prog>: error: <message>`` on stderr and exit status 2: what the
+    ``abspo`` command and the scripts under ``tools/`` do with a user's mistake."""
+    try:
+        yield
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)

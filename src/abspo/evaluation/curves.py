@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from abspo.errors import ConfigError
+
 Scalars = dict[str, list[tuple[int, float]]]
 
 
@@ -12,7 +14,11 @@ def read_scalars(run_dir: str | Path) -> Scalars:
     """Every scalar tag of ``<run_dir>/tb`` as (batch index, value) points."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    folder = Path(run_dir) / "tb"
+    if not folder.is_dir():
+        raise ConfigError("run_dir", f"{run_dir} has no tb/ folder of TensorBoard curves",
+                          "point at a run folder, <run.output_root>/<run.name> (e.g. checkpoints/smollm2-cpu)")
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
