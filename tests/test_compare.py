@@ -41,3 +41,11 @@ def test_compare_names_a_bad_option(tmp_path, capsys):
         main(["compare", "--out", str(tmp_path), "--train_config", "[configs/nope.yaml]"])
     assert exit_info.value.code == 2
     assert "train_config[0]" in capsys.readouterr().err
+
+
+def test_median_step_is_the_median_of_an_even_count_too():
+    from abspo.evaluation.compare import median_step
+
+    assert median_step({"perf/step_s": [(0, 10.0), (1, 100.0), (2, 20.0), (3, 30.0)]}) == 25.0
+    assert median_step({"perf/step_s": [(0, 20.0), (1, 10.0), (2, 30.0)]}) == 20.0
+    assert median_step({}) is None

@@ -30,6 +30,8 @@ def test_wilson_edges_and_bad_input():
     assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing observed: nothing known
     lo, hi = wilson_interval(1, 1_000_000)
     assert 0.0 <= lo < 1e-6 < hi < 1e-5
+    for n in range(1, 2000):  # 0/n and n/n: exactly 0 and 1, whatever the rounding
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0, n
     for k, n in ((-1, 5), (6, 5), (0, -1)):
         with pytest.raises(ValueError):
             wilson_interval(k, n)

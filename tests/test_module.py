@@ -56,6 +56,27 @@ def test_play_fills_every_exchange(judge, seeds):
     assert 0.0 <= metrics["game/attack_success_rate"] <= 1.0
 
 
+def test_a_forfeit_is_not_counted_as_unlabelled():
+    """A forfeited game is never judged (its attacker is paid the table's minimum): the unlabelled rate is of the
+    exchanges sent to the judge, as the unlabelled guard counts them."""
+    from abspo.game import Exchange
+    from abspo.judges.base import Verdict
+    from abspo.module import judge_counts
+
+    def game(verdict, played=True, **kw):
+        e = Exchange(seed="s", seed_harmful=True, revised=True, group=0, verdict=verdict, **kw)
+        if played:
+            e.turns["defender"] = ([1], [2])
+        return e
+
+    exchanges = [game(Verdict(True, True, False)), game(Verdict(True, False, True)), game(Verdict(None, None, None)),
+                 game(None, played=False, forfeited=True)]
+    metrics = game_metrics(exchanges)
+    assert judge_counts(exchanges) == (3, 1)
+    assert metrics["game/unlabelled_rate"] == pytest.approx(1 / 3) and metrics["game/unlabelled"] == 1.0
+    assert metrics["game/attacker_forfeit_rate"] == 0.25
+
+
 def test_phases_schedule_freezes_the_opponent(judge, seeds):
     module = make(judge, schedule=ScheduleConfig(mode="phases", phase_steps=1))
     att, dfn = snapshot(module, "attacker"), snapshot(module, "defender")

@@ -8,6 +8,7 @@ figure below is counted by hand from the data files written in this test; the ti
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,9 @@ def test_report_matches_hand_count(tmp_path, data):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| harmbench | attack_success_rate | 66.7% | [20.8, 93.9] | 2 / 3 | 1 | 4 |" in md
     assert "| benign | compliance_rate | 66.7% |" in md
+    shown = set(re.findall(r"^\| \w+ \| (\w+) \|", md, flags=re.M)) - {"metric"}
+    defined = set(re.findall(r"^\* `(\w+)`: ", md, flags=re.M))
+    assert "degenerate_rate" in shown and shown <= defined, "every rate in the table has its definition"
     page = (tmp_path / "report" / "exchanges.html").read_text()
     assert CONTENT_WARNING in page and page.count('<section class="game') == len(records)
     assert page.count('class="game harmful"') == sum(r["harmful"] for r in records)

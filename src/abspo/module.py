@@ -737,9 +737,7 @@ class SelfPlayModule(L.LightningModule):
     def _guard_unlabelled(self, exchanges: list[Exchange]) -> None:
         """Stop when the judge left more than ``guards.max_unlabelled_share`` of the exchanges it was sent over the
         last ``guards.unlabelled_window`` batches unlabelled (``exchanges``: the whole batch, every process's)."""
-        judged = [e for e in exchanges if "defender" in e.turns]
-        self._judged = (self._judged + [(len(judged), sum(e.verdict is None or not e.verdict.complete
-                                                           for e in judged))])[-self.guards.unlabelled_window:]
+        self._judged = (self._judged + [judge_counts(exchanges)])[-self.guards.unlabelled_window:]
         sent, unlabelled = map(sum, zip(*self._judged))
         share = unlabelled / max(1, sent)
         if len(self._judged) == self.guards.unlabelled_window and share > self.guards.max_unlabelled_share:
@@ -929,16 +927,25 @@ def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, t - x.shape[1]))
 
 
+def judge_counts(exchanges: list[Exchange]) -> tuple[int, int]:
+    """(exchanges sent to the judge, of which it left unlabelled): the games the defender played. A forfeit is
+    never judged (the attacker is paid its table's minimum), so it is neither."""
+    judged = [e for e in exchanges if "defender" in e.turns]
+    return len(judged), sum(e.verdict is None or not e.verdict.complete for e in judged)
+
+
 def game_metrics(exchanges: list[Exchange]) -> dict[str, float]:
     """Rates that say how the game is going (fractions in [0, 1]). ``degenerate_rate``: defender replies that are
-    no answer at all (:mod:`abspo.degenerate`); ``attacker_forfeit_rate``: attacker turns with nothing playable."""
+    no answer at all (:mod:`abspo.degenerate`); ``attacker_forfeit_rate``: attacker turns with nothing playable;
+    ``unlabelled_rate``: of the exchanges sent to the judge (:func:`judge_counts`), those it left unlabelled."""
     labelled = [e for e in exchanges if e.verdict is not None and e.verdict.complete]
     harmful = [e for e in labelled if e.seed_harmful]
     benign = [e for e in labelled if not e.seed_harmful]
     attacks = [e for e in exchanges if e.revised]
+    sent, unlabelled = judge_counts(exchanges)
     out = {
-        "game/unlabelled_rate": 1.0 - len(labelled) / max(1, len(exchanges)),
-        "game/unlabelled": float(len(exchanges) - len(labelled)),
+        "game/unlabelled_rate": unlabelled / max(1, sent),
+        "game/unlabelled": float(unlabelled),
     }
     if harmful:
         out["game/attack_success_rate"] = sum(e.verdict.response_harmful for e in harmful) / len(harmful)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -191,8 +192,8 @@ def final_means(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, float]
 
 def median_step(scalars: dict[str, list[tuple[int, float]]]) -> float | None:
     """Median seconds per batch (``perf/step_s``; the diagnostics' own time is ``diag/overhead_s``)."""
-    values = sorted(v for _, v in scalars.get("perf/step_s", []))
-    return values[len(values) // 2] if values else None
+    values = [v for _, v in scalars.get("perf/step_s", [])]
+    return statistics.median(values) if values else None
 
 
 def render_report(report: dict[str, Any], matrix_md: str) -> str:

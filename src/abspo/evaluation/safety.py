@@ -376,7 +376,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {bench} | {extra.name} | {rate} | {ci} | {s['count']} / {s['labelled']} | "
                          f"{s['unlabelled']} | {m['prompts']} |")
     lines += ["", "Definitions (unlabelled = the judge returned None for that label; excluded from the rate):", ""]
-    for metric in dict.fromkeys([*METRICS.values(), REFUSAL, REPETITION]):
+    for metric in dict.fromkeys([*METRICS.values(), *(m for shown in SECONDARY.values() for m in shown)]):  # every row
         lines.append(f"* `{metric.name}`: {metric.definition}.")
     cfg = report["protocol"]
     lines += ["", f"Greedy decoding; judged against the {cfg['judge_on']}; seed {cfg['seed']}; "

@@ -33,8 +33,10 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = n + z2
     center = (successes + z2 / 2) / denom
     half = z / denom * math.sqrt(successes * (n - successes) / n + z2 / 4)
-    # Clamp the rounding error at the ends (0/n and n/n give exactly 0 and 1 on paper).
-    return max(0.0, center - half), min(1.0, center + half)
+    # 0/n and n/n give exactly 0 and 1 on paper; floating point lands on either side of them.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
 
 
 @dataclass(frozen=True)
