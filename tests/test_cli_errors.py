@@ -337,3 +337,8 @@ def test_the_tools_name_a_missing_config_or_run_folder_in_one_line(capsys, tmp_p
             call()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith(f"tool: error: {words}") and len(err.splitlines()) == 1
+
+
+def test_a_judge_class_path_that_names_no_class_says_so(capsys, tmp_path):
+    err = run_main(capsys, "--run.output_root", str(tmp_path), "--model.judge", "abspo.judges.HeuristicJudgee")
+    assert "--model.judge: no class 'abspo.judges.HeuristicJudgee'" in err and "did you mean 'HeuristicJudge'?" in err

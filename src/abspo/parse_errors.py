@@ -144,6 +144,17 @@ def config_error(message: str, argv: list[str], known_options: list[str] = (), c
         options = accepted_options(class_path.group(1)) if class_path else []
         return ConfigError(_where(key, argv), "unknown key", f"{_suggest(unknown.group(1), options)}valid keys "
                            f"here: {', '.join(options) if options else f'see {command} --help'}")
+    missing = re.search(r"Problem with given class_path '([\w.]+)':\s*\n\s*(module '[\w.]+' has no attribute '\w+'|"
+                        r"No module named '[\w.]+')", message)
+    if outer and missing:  # a class_path that names no class
+        module, _, name = missing.group(1).rpartition(".")
+        try:
+            found = importlib.import_module(module)
+            names = [n for n in getattr(found, "__all__", dir(found)) if not n.startswith("_")]
+        except ImportError:
+            names = []
+        return ConfigError(_where(outer.group(1), argv), f"no class {missing.group(1)!r} ({missing.group(2)})",
+                           f"{_suggest(name, names)}check the class_path's spelling (docs/judges.md lists the judges)")
     inner = re.search(r'Parser key "([^"]+)":\s*\n\s*(Expected [^\n]+)', message)
     if outer and inner and inner.group(1) != outer.group(1):
         key = f"{outer.group(1)}.{_entry_of(message, inner.group(1))}{inner.group(1)}"
