@@ -106,6 +106,17 @@ def test_datamodule_names_the_index_of_the_bad_file(tmp_path):
 # -- SeedStream -----------------------------------------------------------------------------------------------
 
 
+def test_the_harmful_count_rounds_half_up_and_a_share_that_rounds_away_is_refused(tmp_path):
+    from abspo.data import harmful_per_batch
+
+    assert [harmful_per_batch(b, f) for b, f in ((6, 0.25), (10, 0.25), (8, 0.5), (3, 0.5), (5, 0.5))] == [2, 3, 4, 2, 3]
+    h, b = seed_files(tmp_path)
+    for batch_size, fraction, every in ((2, 0.2, "benign"), (1, 0.5, "harmful")):
+        with pytest.raises(ConfigError) as err:
+            SeedDataModule(harmful=[str(h)], benign=[str(b)], batch_size=batch_size, harmful_fraction=fraction)
+        assert err.value.key == "data.harmful_fraction" and f"every batch would be {every}" in err.value.problem
+
+
 @pytest.mark.parametrize("fraction,n_harmful", [(0.0, 0), (0.5, 4), (1.0, 8), (0.25, 2)])
 def test_stream_exact_harmful_count_per_batch(fraction, n_harmful):
     stream = SeedStream(pool(5, True, "h"), pool(7, False, "b"), batch_size=8, harmful_fraction=fraction, seed=3)

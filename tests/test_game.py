@@ -48,6 +48,16 @@ def test_unclosed_think_keeps_text_without_tags():
     assert parse_reasoning_turn("<think>still thinking", fallback="SEED") == ParsedTurn("still thinking", False)
 
 
+@pytest.mark.parametrize("output, text", [
+    ("<think>secret</think>", ""),                                         # closed think, nothing else: a forfeit
+    ("<think>secret</think><answer>  </answer>", ""),                      # an empty answer
+    ("<think>a <answer>leak</answer></think><answer>x</answer>", "x"),      # an answer inside the think block
+    ("<think>secret</think> <think>more</think> Tell me X", "Tell me X"),   # text between and after blocks
+])
+def test_a_closed_think_block_is_never_shown(output, text):
+    assert parse_reasoning_turn(output) == ParsedTurn(text, False)
+
+
 def test_trailing_text_after_answer_is_not_well_formed():
     assert parse_reasoning_turn("<think>a</think><answer>X</answer> and more") == ParsedTurn("X", False)
 

@@ -130,6 +130,24 @@ def test_overwrite_replaces_the_earlier_run_and_last_names_the_new_one(tmp_path)
     assert resumed.trainer.global_step == 4
 
 
+def test_periodic_exports_fall_on_multiples_of_n_from_the_start_and_after_a_resume(tmp_path, monkeypatch):
+    from abspo.callbacks.export import AdapterExport
+
+    steps: list[int] = []
+    real_export = AdapterExport.export
+
+    def recording(self, trainer, module):
+        if self._last_step != trainer.global_step:
+            steps.append(trainer.global_step)
+        real_export(self, trainer, module)
+
+    monkeypatch.setattr(AdapterExport, "export", recording)
+    fit(tmp_path, "--run.export_every_n_steps", "6", "--trainer.max_steps", "6")  # batches end at steps 2, 4, 6
+    assert steps == [6], "not after the first batch"
+    fit(tmp_path, "--run.export_every_n_steps", "6", "--trainer.max_steps", "10", "--ckpt_path", "last")
+    assert steps == [6, 10], "a resume at step 6 exports next at 12 or at the end, not after its first batch"
+
+
 def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
     monkeypatch.setattr("abspo.callbacks.progress.output_is_terminal", lambda: True)  # (not a log file: a bar)
     cli = fit(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_steps", "2")

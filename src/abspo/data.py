@@ -9,6 +9,7 @@ would have seen.
 from __future__ import annotations
 
 import difflib
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,18 @@ def load_seeds(paths: list[str], key: str, label: str, sources: list[str] | None
     return seeds
 
 
+def harmful_per_batch(batch_size: int, harmful_fraction: float) -> int:
+    """Harmful seeds in each batch: ``batch_size * harmful_fraction`` rounded half up (Python's ``round`` rounds
+    half to even: 1.5 -> 2 but 2.5 -> 2)."""
+    return math.floor(batch_size * harmful_fraction + 0.5)
+
+
 class SeedStream(IterableDataset):
     """Endless batches of seeds with a fixed harmful share; batch ``i`` depends only on (seed, i)."""
 
     def __init__(self, harmful: list[Seed], benign: list[Seed], batch_size: int, harmful_fraction: float, seed: int):
         self.harmful, self.benign = harmful, benign
-        self.n_harmful = round(batch_size * harmful_fraction)
+        self.n_harmful = harmful_per_batch(batch_size, harmful_fraction)
         self.n_benign = batch_size - self.n_harmful
         self.seed = seed
         self.start = 0
@@ -136,6 +143,11 @@ class SeedDataModule(L.LightningDataModule):
             raise ConfigError("data.harmful_fraction", f"{harmful_fraction} is not in [0, 1]", "use a share such as 0.5")
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"{batch_size} is not a positive integer", "use e.g. 8")
+        n_harmful = harmful_per_batch(batch_size, harmful_fraction)
+        if 0 < harmful_fraction < 1 and n_harmful in (0, batch_size):
+            raise ConfigError("data.harmful_fraction", f"{harmful_fraction} of a batch of {batch_size} rounds to "
+                              f"{n_harmful} harmful seeds, so every batch would be {'benign' if n_harmful == 0 else 'harmful'}",
+                              "raise data.batch_size, or set harmful_fraction to 0 or 1 if that is what you want")
         self.harmful_paths, self.benign_paths = list(harmful), list(benign)
         self.harmful_sources, self.benign_sources = harmful_sources, benign_sources
         self.batch_size, self.harmful_fraction, self.seed = batch_size, harmful_fraction, seed

@@ -10,8 +10,9 @@ Two attacker turn formats (``GameConfig.attacker_format``):
 
 * ``think_answer`` (the paper's): hidden reasoning in ``<think>…</think>``, the prompt in ``<answer>…</answer>``,
   format-rewarded. Malformed output never crashes a step: the format reward penalises it, and the defender gets
-  the best-effort text (the answer body if an ``<answer>`` tag opened, else the text after ``</think>``, else the
-  whole output without tags).
+  the best-effort text: the answer body if an ``<answer>`` tag opened outside the closed think blocks, else the
+  text outside them, without tags. A closed think block is never shown (nothing else left: a forfeit); an
+  unclosed ``<think>`` is the whole turn.
 * ``plain``: the whole reply is the prompt (a leading ``<think>…</think>`` is allowed and hidden). A 135M model
   cannot close two tag pairs within its budget (SmolLM2 failed the ``think_answer`` format in 100% of the
   main job's turns), so its reward was the format term and nothing of the game; ``plain`` is the default of the
@@ -61,6 +62,7 @@ _LEADING_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _FORMAT = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
 _ANSWER_OPEN = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 _TAGS = re.compile(r"</?(?:think|answer)>")
+_CLOSED_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,13 @@ def parse_reasoning_turn(output: str, fallback: str = "") -> ParsedTurn:
     match = _FORMAT.match(output)
     if match and match.group(2).strip() and not any(_TAGS.search(g) for g in match.groups()):
         return ParsedTurn(match.group(2).strip(), True)
-    opened = _ANSWER_OPEN.search(output)
+    # A closed think block stays hidden, wherever it is and whatever it holds (an <answer> inside it too). An
+    # unclosed one is the whole turn: the model never got to its answer, and its text is all there is.
+    visible = _CLOSED_THINK.sub("", output)
+    opened = _ANSWER_OPEN.search(visible)
     if opened and _TAGS.sub("", opened.group(1)).strip():
         return ParsedTurn(_TAGS.sub("", opened.group(1)).strip(), False)
-    if "</think>" in output:
-        rest = _TAGS.sub("", output.split("</think>", 1)[1]).strip()
-        if rest:
-            return ParsedTurn(rest, False)
-    text = _TAGS.sub("", output).strip()
+    text = _TAGS.sub("", visible).strip()
     return ParsedTurn(text or fallback, False)
 
 

@@ -34,6 +34,11 @@ class AdapterExport(L.Callback):
             module.bank.export(role, self.folder(trainer) / role, write=trainer.is_global_zero)
         self._last_step = trainer.global_step
 
+    def on_train_start(self, trainer, module) -> None:
+        # Count from the step training starts at (a resume's), so that the first export falls on the next
+        # multiple of N, not on the first batch.
+        self._last_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step // self.every_n_steps > self._last_step // self.every_n_steps:
             self.export(trainer, module)
