@@ -19,7 +19,6 @@ User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit wi
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import json
 import logging
@@ -48,7 +47,7 @@ from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.progress import ProgressLines, progress_callback
 from abspo.checkpoint_io import AtomicCheckpointIO
 from abspo.data import SeedDataModule
-from abspo.errors import ConfigError, TrainingStopped, check_output_folder, one_line_errors
+from abspo.errors import ConfigError, TrainingStopped, check_output_folder, did_you_mean, one_line_errors
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
@@ -502,10 +501,9 @@ def main(args: list[str] | None = None) -> None:
 def _main(argv: list[str], args: list[str] | None) -> None:
     try:
         if not argv or not (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
-            close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1) if argv else []
             raise ConfigError("command", f"unknown command {argv[0]!r}" if argv else "no command given",
-                              (f"did you mean {close[0]!r}? " if close else "") + f"use one of: {', '.join(SUBCOMMANDS)} "
-                              "(abspo --help says what each does)")
+                              (did_you_mean(argv[0], list(SUBCOMMANDS)) if argv else "")
+                              + f"use one of: {', '.join(SUBCOMMANDS)} (abspo --help says what each does)")
         if argv[0] in COMMANDS:
             COMMANDS[argv[0]](argv[1:])
         else:

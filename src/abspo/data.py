@@ -8,7 +8,6 @@ would have seen.
 
 from __future__ import annotations
 
-import difflib
 import math
 import random
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
-from abspo.errors import ConfigError
+from abspo.errors import ConfigError, did_you_mean
 from abspo.jsonl import read_jsonl
 
 
@@ -58,10 +57,8 @@ def load_seeds(paths: list[str], key: str, label: str, sources: list[str] | None
         found = sorted({s.source for s in seeds})
         unknown = [name for name in sources if name not in found]
         if unknown and seeds:
-            close = difflib.get_close_matches(unknown[0], found, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"{key}_sources", f"no {label} seed comes from {', '.join(map(repr, unknown))}",
-                              f"{hint}the sources in {key} are: {', '.join(found)}")
+                              f"{did_you_mean(unknown[0], found)}the sources in {key} are: {', '.join(found)}")
         seeds = [s for s in seeds if s.source in sources]
     return seeds
 

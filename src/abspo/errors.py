@@ -9,6 +9,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,17 @@ class ConfigError(ValueError):
 
 class TrainingStopped(RuntimeError):
     """A guard stopped the run (:class:`abspo.config.GuardConfig`): the message says which, why, and what to do."""
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """``"did you mean 'x'? "`` for the choice closest to a misspelt ``word``, else ``""``: the start of a fix."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def undecodable_line(data: bytes, err: UnicodeDecodeError) -> int:
+    """The 1-based line of ``data`` where ``err`` (from decoding it as UTF-8) happened: for a ``file:line``."""
+    return data[: err.start].count(b"\n") + 1
 
 
 def check_output_folder(path: str | Path, key: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from abspo.errors import ConfigError
+from abspo.errors import ConfigError, undecodable_line
 
 
 def read_jsonl(path: str | Path, key: str, what: str) -> list[tuple[int, dict]]:
@@ -17,8 +17,7 @@ def read_jsonl(path: str | Path, key: str, what: str) -> list[tuple[int, dict]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ConfigError(key, f"{path}:{line} is not UTF-8 text",
+        raise ConfigError(key, f"{path}:{undecodable_line(data, err)} is not UTF-8 text",
                           "save the file as UTF-8 (JSON Lines files are UTF-8)") from None
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
@@ -35,4 +34,3 @@ def read_jsonl(path: str | Path, key: str, what: str) -> list[tuple[int, dict]]:
     if not rows:
         raise ConfigError(key, f"file {str(path)!r} is empty", f"add one {what} per line")
     return rows
-

@@ -876,7 +876,6 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError(key, f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]})",
                               "resume from a complete abspo checkpoint")
 
-
     def check_resume(self, checkpoint: dict) -> None:
         """Raise a ConfigError unless this run's optimizers are the checkpoint's. The optimizer and scheduler
         states a resume loads hold their own class, learning rate, betas and weight decay: a changed setting would

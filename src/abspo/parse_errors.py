@@ -10,7 +10,6 @@ path, finds the line of the key in the config files, and suggests the closest va
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from abspo.errors import ConfigError
+from abspo.errors import ConfigError, did_you_mean, undecodable_line
 
 
 def config_files(argv: list[str]) -> list[Path]:
@@ -48,8 +47,7 @@ def read_config_file(path: str | Path, key: str = "--config") -> dict:
         raw = path.read_bytes()
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}", "not UTF-8 text", "save the file as UTF-8") from None
+        raise ConfigError(f"{path}:{undecodable_line(raw, err)}", "not UTF-8 text", "save the file as UTF-8") from None
     except OSError as err:
         raise ConfigError(key, f"cannot read {path} ({err.strerror})", "pass a readable config file") from None
     except yaml.YAMLError as err:
@@ -127,11 +125,6 @@ def _entry_of(message: str, inner: str) -> str:
     return raw.group(1) + "." if raw else ""
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def config_error(message: str, argv: list[str], known_options: list[str] = (), command: str = "abspo fit",
                  ) -> ConfigError:
     """The ConfigError for a jsonargparse error ``message`` raised while parsing ``argv`` (``known_options``: the
@@ -142,7 +135,7 @@ def config_error(message: str, argv: list[str], known_options: list[str] = (), c
     if outer and unknown:
         key = f"{outer.group(1)}.{unknown.group(1)}"
         options = accepted_options(class_path.group(1)) if class_path else []
-        return ConfigError(_where(key, argv), "unknown key", f"{_suggest(unknown.group(1), options)}valid keys "
+        return ConfigError(_where(key, argv), "unknown key", f"{did_you_mean(unknown.group(1), options)}valid keys "
                            f"here: {', '.join(options) if options else f'see {command} --help'}")
     missing = re.search(r"Problem with given class_path '([\w.]+)':\s*\n\s*(module '[\w.]+' has no attribute '\w+'|"
                         r"No module named '[\w.]+')", message)
@@ -154,7 +147,7 @@ def config_error(message: str, argv: list[str], known_options: list[str] = (), c
         except ImportError:
             names = []
         return ConfigError(_where(outer.group(1), argv), f"no class {missing.group(1)!r} ({missing.group(2)})",
-                           f"{_suggest(name, names)}check the class_path's spelling (docs/judges.md lists the judges)")
+                           f"{did_you_mean(name, names)}check the class_path's spelling (docs/judges.md lists the judges)")
     inner = re.search(r'Parser key "([^"]+)":\s*\n\s*(Expected [^\n]+)', message)
     if outer and inner and inner.group(1) != outer.group(1):
         key = f"{outer.group(1)}.{_entry_of(message, inner.group(1))}{inner.group(1)}"
@@ -168,12 +161,12 @@ def config_error(message: str, argv: list[str], known_options: list[str] = (), c
     not_accepted = re.search(r"does not accept (?:option|nested key) '([\w.]+)'", message)
     if not_accepted:  # a key of a config file that no section has
         key = not_accepted.group(1)
-        hint = _suggest(f"--{key}", list(known_options)).replace("'--", "'")
+        hint = did_you_mean(f"--{key}", list(known_options)).replace("'--", "'")
         return ConfigError(_where(key, argv), "unknown key", f"{hint}check the spelling against {command} --help")
     unrecognized = re.match(r"unrecognized arguments: (.*)", message)
     if unrecognized:
         options = [a.split("=", 1)[0] for a in unrecognized.group(1).split() if a.startswith("--")]
-        hint = _suggest(options[0], list(known_options)) if options else ""
+        hint = did_you_mean(options[0], list(known_options)) if options else ""
         return ConfigError(", ".join(options) or "arguments", "unknown option",
                            f"{hint}check the spelling against {command} --help" + (
                                " (options are --<section>.<key>, e.g. --model.algorithm.kl_coef, --trainer.max_steps, "

@@ -175,8 +175,9 @@ class PlayerPool:
         for i, (folder, spec) in enumerate(folders.items()):
             name = f"player{i}"
             _warn_on_base_name(folder, base)
-            saved_adapter_config(folder, spec.key)  # damaged files are one clear line, not PEFT's or safetensors'
-            saved_adapter_shapes(folder, spec.key)  # tracebacks
+            # Damaged files are one clear line each, not PEFT's or safetensors' tracebacks.
+            saved_adapter_config(folder, spec.key)
+            saved_adapter_shapes(folder, spec.key)
             try:
                 if i == 0:
                     model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)
