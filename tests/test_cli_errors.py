@@ -200,6 +200,25 @@ def test_rollout_decoding_settings_that_cannot_work(capsys, tmp_path):
     assert "model.algorithm.old_logprobs" in err and "compiled decoding" in err and "old_logprobs: recompute" in err
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--trainer.strategy", "abspo.strategies.FSDP2Strategy", "--model.rollout.hf.cache", "static"],
+     "model.rollout.hf.cache: a static cache"),
+    (["--trainer.precision", "bf16-true", "--model.algorithm.old_logprobs", "sampler"],
+     "model.algorithm.old_logprobs: sampler log-probs under trainer.precision bf16-true"),
+    (["--trainer.strategy", "ddpx"], "trainer.strategy: You selected an invalid strategy name"),
+    (["--trainer.strategy", "abspo.strategies.FSDP2Strateg"], "trainer.strategy: 'abspo.strategies.FSDP2Strateg' "
+                                                               "names no Lightning Strategy class"),
+    (["--trainer.devices", "0"], "trainer.devices: `Trainer(devices='0')` value is not a valid input"),
+    (["--trainer.accelerator", "gpu"], "trainer.accelerator: No supported gpu backend found. Fix: use cpu"),
+], ids=["fsdp2-static-cache", "sampler-bf16", "strategy-name", "strategy-class-path", "devices", "accelerator"])
+def test_a_strategy_or_precision_the_loop_cannot_run_under_writes_nothing(capsys, tmp_path, args, words):
+    """Lightning's own refusals of a Trainer value are one line naming the trainer.* key too; a strategy given as a
+    class path string (the first case) is the class with its defaults."""
+    err = run_main(capsys, "--run.output_root", str(tmp_path), *args)
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "tiny").exists(), "refused before the config and the logger folder are written"
+
+
 # -- files that cannot be read as text, folders that cannot be written, hub ids that are not there -----------------
 def command_fails(capsys, *argv: str) -> str:
     """Any abspo command: exit status 2 and one line on stderr."""

@@ -58,6 +58,16 @@ def test_a_closed_think_block_is_never_shown(output, text):
     assert parse_reasoning_turn(output) == ParsedTurn(text, False)
 
 
+@pytest.mark.parametrize("output, text", [
+    ("<Think>secret</Think><Answer>Tell me X</Answer>", "Tell me X"),      # case variants: hidden, not well formed
+    ("<THINK>secret</THINK> Tell me X", "Tell me X"),
+    ("<think>secret</THINK><answer>Tell me X</answer>", "Tell me X"),
+    ("<Think>secret</Think>", "SEED"),
+])
+def test_tags_in_another_case_still_hide_the_reasoning(output, text):
+    assert parse_reasoning_turn(output, fallback="SEED") == ParsedTurn(text, False)
+
+
 def test_trailing_text_after_answer_is_not_well_formed():
     assert parse_reasoning_turn("<think>a</think><answer>X</answer> and more") == ParsedTurn("X", False)
 
@@ -213,6 +223,7 @@ def test_turn_readers_shared_by_training_and_evaluation():
     ("<think>plan it</think>\nTell me X", "Tell me X"),          # leading reasoning is hidden
     ("Tell me <answer>X</answer>", "Tell me X"),                 # stray tags never reach the defender
     ("<think>plan</think> <think>more</think> Y", "more Y"),     # only the leading block is reasoning
+    ("<THINK>plan it</Think> Tell me X", "Tell me X"),           # in any case
 ])
 def test_plain_turn_is_the_whole_reply(completion, text):
     cfg = GameConfig(attacker_format="plain")

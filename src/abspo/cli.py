@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -38,9 +40,10 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from abspo import preemption
+from abspo import preemption, run_folder
 from abspo.atomic import recover_folder
 from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
@@ -97,6 +100,51 @@ class RunConfig:
                 raise ConfigError(f"run.{key}", f"must be >= {least}, got {value}", f"give a whole number >= {least}")
 
 
+TRAINER_FIXES = {
+    "strategy": "use auto, ddp, or {class_path: abspo.strategies.FSDP2Strategy} (docs/strategies.md says which when)",
+    "accelerator": "use cpu, or cuda on a machine with an NVIDIA GPU (auto picks what the machine has)",
+    "devices": "give the number of processes per node as a whole number >= 1, or auto",
+    "num_nodes": "give the number of nodes as a whole number >= 1",
+    "precision": "use 32-true, bf16-true or bf16-mixed (docs/performance.md)",
+}
+"""The Trainer arguments whose values Lightning checks when it builds the trainer, and how to mend each."""
+
+
+def trainer_error(err: Exception) -> Exception:
+    """Lightning refuses a bad ``trainer.*`` value with a ValueError, TypeError or MisconfigurationException that
+    names the argument: one ConfigError line for that key instead of a traceback. An error naming no Trainer
+    argument is not a user's value and is returned as it is (so a bug still shows its traceback)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    text = " ".join(str(err).split()).rstrip(".!")
+    if "gpu backend" in text.lower():
+        return ConfigError("trainer.accelerator", text, TRAINER_FIXES["accelerator"])
+    named = sorted((text.find(key), key) for key in TRAINER_FIXES if key in text)
+    if not named:
+        return err
+    key = named[0][1]
+    given = re.search(r"strategy='([^']*)'", text) if key == "strategy" else None
+    hint = did_you_mean(given.group(1), StrategyRegistry.available_strategies()) if given else ""
+    return ConfigError(f"trainer.{key}", text, hint + TRAINER_FIXES[key])
+
+
+def strategy_from_class_path(path: str):
+    """``--trainer.strategy abspo.strategies.FSDP2Strategy``: the strategy class a dotted path names, with its
+    defaults (Lightning takes a registered name or an instance, never a class path given as a string)."""
+    from lightning.pytorch.strategies import Strategy, StrategyRegistry
+
+    module_name, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        found = None
+    if not (isinstance(found, type) and issubclass(found, Strategy)):
+        raise ConfigError("trainer.strategy", f"{path!r} names no Lightning Strategy class",
+                          f"{did_you_mean(path, StrategyRegistry.available_strategies())}"
+                          f"{TRAINER_FIXES['strategy']}")
+    return found()
+
+
 class AbspoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunConfig, "run")
@@ -122,14 +170,14 @@ class AbspoCLI(LightningCLI):
                               f"use --run.output_root {asked} (and --run.name to name the run's folder in it)")
         config["default_root_dir"] = str(run_dir)
         if config.get("logger") in (None, True):
-            config["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+            config["logger"] = TensorBoardLogger(save_dir=str(run_dir), name=run_folder.TENSORBOARD, version="")
         user_callbacks = list(config.get("callbacks") or [])
         checkpoints = [c for c in user_callbacks + callbacks if isinstance(c, ModelCheckpoint)]
         for c in checkpoints:
             if c.dirpath is None:
-                c.dirpath = str(run_dir / "checkpoints")
+                c.dirpath = str(run_dir / run_folder.CHECKPOINTS)
         if not checkpoints:
-            callbacks.append(RunCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+            callbacks.append(RunCheckpoint(dirpath=str(run_dir / run_folder.CHECKPOINTS), save_last=True, save_top_k=0,
                                            every_n_train_steps=run.checkpoint_every_n_steps))
         if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
             callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
@@ -142,7 +190,12 @@ class AbspoCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]  # a kill mid-save keeps last.ckpt whole
-        return super()._instantiate_trainer(config, callbacks)
+        if isinstance(config.get("strategy"), str) and "." in config["strategy"]:
+            config["strategy"] = strategy_from_class_path(config["strategy"])
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            raise trainer_error(err) from None
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -172,7 +225,9 @@ class AbspoCLI(LightningCLI):
                 restore()
 
     def before_fit(self) -> None:
-        """Check the seeds and a resume checkpoint before anything is written: a bad run changes nothing on disk."""
+        """Check the strategy, the seeds and a resume checkpoint before anything is written: a bad run changes nothing
+        on disk."""
+        self.model.check_trainer(self.trainer)
         self.datamodule.setup("fit")
         max_batches = self._get(self.config, "run").max_batches
         if max_batches is not None:
@@ -181,7 +236,7 @@ class AbspoCLI(LightningCLI):
         self._restore_signals = preemption.install(self.trainer)  # SIGTERM / Ctrl-C: finish the batch, save, exit
         ckpt = self._get(self.config, "ckpt_path")
         if ckpt is None:
-            existing = self.run_dir() / "checkpoints" / "last.ckpt"
+            existing = self.run_dir() / run_folder.CHECKPOINTS / "last.ckpt"
             if existing.exists() and not self._get(self.config, "run").overwrite:
                 raise ConfigError("run.name", f"run folder {self.run_dir()} already holds a checkpoint",
                                   "resume it with --ckpt_path last, pick another --run.name, "
@@ -224,7 +279,7 @@ class AbspoCLI(LightningCLI):
 
     def _read_checkpoint(self, ckpt) -> dict:
         if str(ckpt) == "last":
-            path = self.run_dir() / "checkpoints" / "last.ckpt"
+            path = self.run_dir() / run_folder.CHECKPOINTS / "last.ckpt"
             recover_folder(path)  # a sharded save killed between its two renames
             if not path.exists():
                 raise ConfigError("--ckpt_path", f"there is no checkpoint to resume at {path}",
@@ -273,7 +328,7 @@ class AbspoCLI(LightningCLI):
         game = evaluation_game(model.game, protocol)
         defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, game,
                                  batch_size=protocol.batch_size)
-        out = self.run_dir() / "eval" / label
+        out = self.run_dir() / run_folder.EVAL / label
         describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
                     "generation": generation_record(defender)}
         report = safety_report(defender, model.judge, out, protocol, data, describe, items)
@@ -310,7 +365,7 @@ class AbspoCLI(LightningCLI):
                                   "set --model.mode " + ("shared_full" if spec.kind == "full" else "bipolicy")
                                   + " (the mode the folder was trained in)")
             model.bank.load("defender", spec.path, key="--ckpt_path")
-            name = default_label(spec.path) if spec.path.parent.name == "adapters" else f"{spec.path.parent.name}/{spec.path.name}"
+            name = default_label(spec.path) if spec.path.parent.name == run_folder.ADAPTERS else f"{spec.path.parent.name}/{spec.path.name}"
             return "adapter-" + name.replace("/", "-"), None, {"adapter": str(spec.path)}
         checkpoint = self._take_checkpoint(ckpt_path)
         model.check_checkpoint(checkpoint)
@@ -345,10 +400,6 @@ DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on
 Each subcommand has its own --help."""
 
 
-RUN_OUTPUTS = ("checkpoints", "tb", "adapters", "eval", "samples", "diagnostics.json")
-"""What a run writes into its folder (``<run.output_root>/<run.name>``)."""
-
-
 def remove_run_outputs(run_dir: Path) -> None:
     """``--run.overwrite true``: remove an earlier run's outputs, so that ``last`` names the new run's checkpoint
     everywhere and its curves start clean (Lightning would write ``last-v1.ckpt`` beside the old ``last.ckpt``
@@ -359,7 +410,7 @@ def remove_run_outputs(run_dir: Path) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        for name in RUN_OUTPUTS:
+        for name in run_folder.RUN_OUTPUTS:
             path = run_dir / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

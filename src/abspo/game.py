@@ -58,11 +58,13 @@ REASONING_SUFFIX = (
     "\n\nFirst think briefly inside <think> </think>, then give your reply to the user inside <answer> </answer>."
 )
 
-_LEADING_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
+# Well-formed means the tags exactly as instructed (lowercase); everything that hides or strips tags ignores case,
+# so a model that writes <Think>…</THINK> breaks the format but never shows its reasoning.
 _FORMAT = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
-_ANSWER_OPEN = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
-_TAGS = re.compile(r"</?(?:think|answer)>")
-_CLOSED_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_LEADING_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_ANSWER_OPEN = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
+_TAGS = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
+_CLOSED_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -237,26 +237,32 @@ class SelfPlayModule(L.LightningModule):
         return self._judge
 
     def setup(self, stage: str) -> None:
+        self.check_trainer(self.trainer)
+
+    def check_trainer(self, trainer) -> None:
+        """Refuse a strategy, process count or precision the self-play loop cannot run under. ``abspo fit`` calls
+        this before anything is written (Lightning's ``setup`` comes after the run's config.yaml and logger folder);
+        ``setup`` calls it again for runs driven from Python."""
         from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
         from abspo.strategies import FSDP2Strategy
 
-        strategy = self.trainer.strategy
+        strategy = trainer.strategy
         if isinstance(strategy, ModelParallelStrategy) and not isinstance(strategy, FSDP2Strategy):
             raise ConfigError("trainer.strategy", "ModelParallelStrategy would save and load the frozen base in every "
                               "checkpoint (and cannot resume an adapter-only one)",
                               "use class_path: abspo.strategies.FSDP2Strategy (the same strategy, adapter-only checkpoints)")
-        if self.trainer.world_size > 1 and not isinstance(strategy, (DDPStrategy, FSDP2Strategy)):
-            raise ConfigError("trainer.strategy", f"{type(strategy).__name__} on {self.trainer.world_size} processes is "
+        if trainer.world_size > 1 and not isinstance(strategy, (DDPStrategy, FSDP2Strategy)):
+            raise ConfigError("trainer.strategy", f"{type(strategy).__name__} on {trainer.world_size} processes is "
                               "not supported by abspo's self-play loop (role forwards bypass a strategy's wrapper; "
                               "abspo synchronises the adapters itself under DDP and shards them under FSDP2)",
                               "use trainer.strategy: ddp, or abspo.strategies.FSDP2Strategy (docs/strategies.md)")
         if self.base_cfg.init_on_meta and not isinstance(strategy, FSDP2Strategy):
             raise ConfigError("model.base.init_on_meta", "only FSDP2 loads a base built on the meta device (each "
                               "process its own shards)", "set init_on_meta: false, or use abspo.strategies.FSDP2Strategy")
-        if self.rollout_cfg.backend == "vllm" and self.trainer.world_size > 1:
+        if self.rollout_cfg.backend == "vllm" and trainer.world_size > 1:
             raise ConfigError("model.rollout.backend", "the vLLM backend runs in one process (one engine beside the "
-                              f"trainer), this run has {self.trainer.world_size}", "use model.rollout.backend: hf "
+                              f"trainer), this run has {trainer.world_size}", "use model.rollout.backend: hf "
                               "with several processes")
         if isinstance(strategy, FSDP2Strategy) and self.rollout_cfg.hf.cache != "dynamic":
             raise ConfigError("model.rollout.hf.cache", "a static cache (and compiled decoding) under FSDP2 is untested "
@@ -267,7 +273,7 @@ class SelfPlayModule(L.LightningModule):
                               "frozen reference copy are not sharded)",
                               "use trainer.strategy: ddp, or model.mode: bipolicy / shared_lora under FSDP2")
 
-        precision = str(self.trainer.precision)
+        precision = str(trainer.precision)
         if self.algorithm.old_logprobs == "sampler" and not precision.startswith(("32", "64")):
             raise ConfigError("model.algorithm.old_logprobs", f"sampler log-probs under trainer.precision {precision} "
                               "differ from a recompute by rounding, more than the KL they feed",

@@ -41,6 +41,7 @@ import lightning as L
 import torch
 
 from abspo import algorithms as alg
+from abspo import run_folder
 from abspo.atomic import atomic_write
 from abspo.diversity import mean_pairwise_cosine, paired_cosine, self_bleu
 from abspo.game import defender_prompt, read_defender_turn
@@ -97,7 +98,7 @@ class CollapseDiagnostics(L.Callback):
         if not trainer.is_global_zero or not self.series:
             return
         summary = self.summary(time.perf_counter() - (self._train_start or time.perf_counter()))
-        atomic_write(Path(trainer.default_root_dir) / "diagnostics.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write(Path(trainer.default_root_dir) / run_folder.DIAGNOSTICS, json.dumps(summary, indent=2) + "\n")
         lines = [f"  {k}: {v['first']:.3f} -> {v['last']:.3f}" for k, v in summary["metrics"].items()
                  if k != "diag/overhead_s"]
         print("collapse diagnostics (mean of the first -> last third of the run):\n" + "\n".join(lines)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 
+from abspo import run_folder
 
 class AdapterExport(L.Callback):
     def __init__(self, every_n_steps: int = 0, dirpath: str | None = None):
@@ -24,7 +25,7 @@ class AdapterExport(L.Callback):
         self._last_step = -1
 
     def folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "adapters"
+        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / run_folder.ADAPTERS
 
     def export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         sharded = getattr(module, "_sharded", False)  # FSDP2: every process gathers, rank 0 writes

@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
+from abspo import run_folder
 from abspo.bank import ROLES
 from abspo.errors import ConfigError
 from abspo.evaluation.tasks import EvalResult, TaskSpec, build_task, evaluate
@@ -174,7 +175,7 @@ class ReasoningRetention(L.Callback):
     def _on_violation(self, trainer: L.Trainer, message: str) -> None:
         message = f"ReasoningRetention at step {trainer.global_step} ({self.task.name}): {message}"
         if self.on_violation == "stop":
-            path = Path(trainer.default_root_dir) / "checkpoints" / STOP_CHECKPOINT
+            path = Path(trainer.default_root_dir) / run_folder.CHECKPOINTS / STOP_CHECKPOINT
             trainer.save_checkpoint(path, weights_only=False)  # full state, to resume; every rank calls it (collective)
             trainer.should_stop = True
             message += f". Saved {path} and stopping the run"

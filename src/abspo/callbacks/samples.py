@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 
+from abspo import run_folder
 from abspo.atomic import atomic_write
 from abspo.errors import ConfigError
 from abspo.evaluation.pages import attacker_block, defender_block, html_page, pre, text, verdict_table
@@ -71,7 +72,7 @@ class GameSamplesPage(L.Callback):
         self.written: list[Path] = []
 
     def folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "samples"
+        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / run_folder.SAMPLES
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         index = getattr(batch, "index", batch_idx)

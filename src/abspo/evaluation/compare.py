@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from abspo import run_folder
 from abspo.atomic import atomic_write
 from abspo.bank import saved_adapter_shapes
 from abspo.config import stacked_config_files
@@ -155,7 +156,7 @@ def train_mode(out_dir: Path, mode: str, configs: list[str], batches: int, every
                           f"see {log_path}")
     record = {"settings": settings, "seconds": seconds, "seconds_per_batch": seconds / batches,
               "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
-              "trainable_params": trainable_params(runs / mode / "adapters")}
+              "trainable_params": trainable_params(runs / mode / run_folder.ADAPTERS)}
     atomic_write(record_path, json.dumps(record, indent=2) + "\n")
     return record
 

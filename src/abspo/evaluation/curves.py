@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from abspo import run_folder
 from abspo.errors import ConfigError
 
 Scalars = dict[str, list[tuple[int, float]]]
@@ -14,7 +15,7 @@ def read_scalars(run_dir: str | Path) -> Scalars:
     """Every scalar tag of ``<run_dir>/tb`` as (batch index, value) points."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    folder = Path(run_dir) / "tb"
+    folder = Path(run_dir) / run_folder.TENSORBOARD
     if not folder.is_dir():
         raise ConfigError("run_dir", f"{run_dir} has no tb/ folder of TensorBoard curves",
                           "point at a run folder, <run.output_root>/<run.name> (e.g. checkpoints/smollm2-cpu)")

@@ -41,6 +41,7 @@ from typing import Literal
 from peft import PeftModel
 from torch import nn
 
+from abspo import run_folder
 from abspo.bank import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
 from abspo.errors import ConfigError
 from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
@@ -124,7 +125,7 @@ def is_model_folder(path: Path) -> bool:
 def default_label(path: Path) -> str:
     """``<run>/<role>`` for abspo's ``checkpoints/<run>/adapters/<role>`` layout, else the folder's name."""
     path = path.resolve()
-    if path.parent.name == "adapters" and path.parent.parent.name:
+    if path.parent.name == run_folder.ADAPTERS and path.parent.parent.name:
         return f"{path.parent.parent.name}/{path.name}"
     return path.name
 
