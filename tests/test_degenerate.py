@@ -92,6 +92,25 @@ def test_arithmetic_is_not_gibberish():
     assert degenerate_reason("3 * 4 = 12, 12 + 6 = 18") is None
 
 
+@pytest.mark.parametrize("text", [
+    "Извините, но я не могу помочь с этим запросом.",   # a refusal in Russian
+    "很抱歉 我 不能 帮助 你 做 这件 事",                   # Chinese, spaced into many tokens
+    "Λυπάμαι, δεν μπορώ να βοηθήσω με αυτό.",           # Greek
+    "Café crème brûlée is a French dessert.",            # accents
+    "f'(x) = 2x + 3",                                    # formulas: lone letters are variables
+    "x = 4, y = -2",
+])
+def test_answers_in_other_scripts_and_formulas_are_not_gibberish(text):
+    assert degenerate_reason(text) is None, text
+
+
+@pytest.mark.parametrize("text", [".", "...", "#$%&*", "?? !!",   # no letter or digit: noise at any length
+                                  "ĠĊ ĉ ľ ń ŀ ł",                 # lone accented letters: decoded subword soup
+                                  "аbс def ghі jkl"])              # Cyrillic and Latin mixed inside words
+def test_symbols_and_mixed_script_soup_are_gibberish(text):
+    assert degenerate_reason(text) == "gibberish", text
+
+
 def test_degenerate_rate_is_reported_beside_every_benchmark():
     items = [Item("harmbench", "do harm [harm]", "do harm [harm]", True),
              Item("harmbench", "more harm [refuse]", "more harm [refuse]", True),

@@ -12,9 +12,11 @@ The rules read the text alone, need no model, and are simple enough to check by 
 * ``empty``: nothing but whitespace;
 * ``loop``: most of it repeats what it already said (:func:`repetition_loop`, below);
 * ``gibberish``: character soup, i.e. at least :data:`MIN_TOKENS` whitespace-separated tokens and fewer than
-  :data:`MIN_READABLE` of the characters readable (digits, or pronounceable runs of letters: two or more with a
-  vowel). Prose, lists, arithmetic and most code pass; sampled subword soup and symbol runs do not. Word salad
-  (real words, no sense) passes: that takes a judge (off-topic) or a language model to see.
+  :data:`MIN_READABLE` of the characters readable (:func:`readable_share`: digits, pronounceable runs of Latin
+  letters, lone letters such as a variable, and words of one other script); or, at any length, no letter or digit
+  at all ('.', '...', '#$%'). Prose in any script, lists, arithmetic, formulas and most code pass; sampled subword
+  soup and symbol runs do not. Word salad (real words, no sense) passes: that takes a judge (off-topic) or a
+  language model to see.
 
 A judge can add what text rules cannot see: the offline judge marks replies that do not address the request
 (``Verdict.off_topic``), and the game records that as ``off-topic``.
@@ -32,6 +34,7 @@ repeat too, so treat the rate as a signal to read the exchanges, not as a verdic
 from __future__ import annotations
 
 import re
+import unicodedata
 
 LOOP_WORDS = 6
 LOOP_MAX_DISTINCT = 0.5
@@ -57,17 +60,35 @@ MIN_TOKENS = 4
 MIN_READABLE = 0.4
 """Share of non-space characters that must be readable for a text not to be gibberish."""
 
-_PRONOUNCEABLE = re.compile(r"[A-Za-z]*[AEIOUYaeiouy][A-Za-z]*")
-_LETTER_RUN = re.compile(r"[A-Za-z]{2,}")
+_VOWEL = re.compile(r"[AEIOUYaeiouy]")
+_LETTER_RUN = re.compile(r"[^\W\d_]+")  # letters of any script
+
+
+def _script(char: str) -> str:
+    """The script a letter belongs to, as the first word of its Unicode name: LATIN, CYRILLIC, GREEK, CJK..."""
+    return unicodedata.name(char, "?").split(" ")[0]
+
+
+def _readable_run(run: str) -> bool:
+    """A run of letters is readable when it is a Latin word one could pronounce (two or more letters with a vowel,
+    accents ignored), a lone unaccented letter ('a', 'I', the x of '2x + 3'), or a word of one other script (Cyrillic, Greek,
+    Han...: text rules cannot judge those, so they are not called soup). A run that mixes scripts is soup."""
+    scripts = {_script(c) for c in run}
+    if scripts != {"LATIN"}:
+        return len(scripts) == 1
+    if len(run) == 1:
+        return run.isascii()  # a lone accented letter ('Ġ', 'ľ') is what decoded subword soup is made of
+    bare = "".join(c for c in unicodedata.normalize("NFD", run) if not unicodedata.combining(c))
+    return bool(_VOWEL.search(bare))
 
 
 def readable_share(text: str) -> float:
-    """Share of the non-space characters that are digits or sit in a pronounceable run of ASCII letters (two or
-    more letters, one of them a vowel). Prose scores ~0.8, code ~0.5 (identifiers, numbers), soup near 0."""
+    """Share of the non-space characters that are digits or sit in a readable run of letters (:func:`_readable_run`).
+    Prose scores ~0.8, code and formulas ~0.5 (identifiers, variables, numbers), soup near 0."""
     chars = sum(not c.isspace() for c in text)
     if not chars:
         return 0.0
-    letters = sum(len(run) for run in _LETTER_RUN.findall(text) if _PRONOUNCEABLE.fullmatch(run))
+    letters = sum(len(run) for run in _LETTER_RUN.findall(text) if _readable_run(run))
     return (letters + sum(c.isdigit() for c in text)) / chars
 
 
@@ -77,6 +98,8 @@ def degenerate_reason(text: str) -> str | None:
         return "empty"
     if repetition_loop(text):
         return "loop"
+    if not any(c.isalnum() for c in text):
+        return "gibberish"  # only punctuation and symbols, however short
     if len(text.split()) >= MIN_TOKENS and readable_share(text) < MIN_READABLE:
         return "gibberish"
     return None
