@@ -23,6 +23,8 @@ class FakeLLM:
 
     def __init__(self, model: str, dtype: str, enable_lora: bool, max_lora_rank: int, max_loras: int, **kwargs):
         assert enable_lora, "abspo serves its roles as LoRA requests"
+        if max_lora_rank not in (8, 16, 32, 64, 128, 256, 320, 512):  # vLLM's LoRAConfig refuses any other value
+            raise ValueError(f"max_lora_rank ({max_lora_rank}) must be one of (8, 16, 32, 64, 128, 256, 320, 512).")
         self.init = {"model": model, "dtype": dtype, "max_lora_rank": max_lora_rank, "max_loras": max_loras, **kwargs}
         self.base, self.tokenizer = load_base(BaseModel(name_or_path=model, dtype=dtype))
         self.model: PeftModel | None = None

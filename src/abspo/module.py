@@ -66,7 +66,7 @@ from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, 
 from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
 from abspo.step_logging import log_batch_metrics
 from abspo.timing import PhaseClock
-from abspo.vllm_rollouts import RolloutConfig, VLLMRollouts, engine_class
+from abspo.vllm_rollouts import RolloutConfig, VLLMRollouts, engine_class, vllm_max_lora_rank
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ class SelfPlayModule(L.LightningModule):
                 raise ConfigError("model.algorithm.old_logprobs", "the vLLM backend's sampling log-probs come from "
                                   "other kernels than the trainer's forward", "use old_logprobs: recompute")
             engine_class(self.rollout_cfg.vllm)  # not installed: say so now, not at the first rollout
+            vllm_max_lora_rank(max(spec.r for spec in self.bank_spec.adapters.values()))
             if mode == "shared_full":
                 raise ConfigError("model.rollout.backend", "the vLLM backend serves LoRA adapters on a frozen base; "
                                   "shared_full trains the whole model, which would need a full-weight sync every "

@@ -61,6 +61,20 @@ class RolloutConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's ``LoRAConfig`` accepts as ``max_lora_rank`` (its kernels are built for these; any other is
+refused when the engine is built). An adapter of a lower rank is served under the next one up."""
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that serves adapters of rank ``rank``; a ConfigError above 512."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError("model.bank.adapters", f"LoRA rank {rank} is above {VLLM_LORA_RANKS[-1]}, the largest vLLM "
+                      "serves", f"use r <= {VLLM_LORA_RANKS[-1]}, or model.rollout.backend: hf")
+
+
 def engine_class(config: VLLMConfig) -> type:
     """The engine class ``config.engine`` names; a ConfigError saying how to install it when it cannot be imported
     (checked when the module is built, before any training)."""
@@ -81,8 +95,9 @@ class VLLMRollouts:
         """``export(adapter, folder)`` writes the trainer's current ``adapter`` as a PEFT folder."""
         kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization, "enforce_eager": config.enforce_eager,
                   **({"max_model_len": config.max_model_len} if config.max_model_len else {}), **config.engine_kwargs}
-        self.engine = engine_class(config)(model=str(base_folder), dtype=dtype, enable_lora=True, max_lora_rank=max_lora_rank,
-                                   max_loras=len(adapters), **kwargs)
+        self.engine = engine_class(config)(model=str(base_folder), dtype=dtype, enable_lora=True,
+                                           max_lora_rank=vllm_max_lora_rank(max_lora_rank), max_loras=len(adapters),
+                                           **kwargs)
         self.export = export
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="abspo-vllm-adapters-"))
         self.versions = {a: 0 for a in adapters}  # the trainer's version of each adapter
