@@ -79,7 +79,7 @@ def test_checkpointing_shrinks_activations_and_a_plan_that_does_not_fit_says_wha
 
 def test_inputs_follow_the_training_config():
     p = inputs_from_config(["configs/qwen2.5-7b.yaml"])
-    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size) == ("bfloat16", [32, 32], 128, 4)
+    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size) == ("bfloat16", [32, 32], 128, 2)
     assert p.new_tokens_attacker == 512 and p.judge_params > 7e9 and not p.sharded
     assert inputs_from_config(["configs/tiny-ddp.yaml"]).devices == 2
     assert inputs_from_config(["configs/tiny.yaml"], devices=3).devices == 3
@@ -104,3 +104,84 @@ def test_plan_of_the_14b_fsdp_config_shards_the_base_and_fits_80_gib(capsys):
     assert "14.77B base parameters" in out and "FSDP2 over 8" in out and ": fits" in out
     plan = plan_memory(inputs_from_config(["configs/qwen2.5-14b-fsdp.yaml"], device_memory_gib=80))
     assert plan.persistent["base"] == pytest.approx(architecture("Qwen/Qwen2.5-14B-Instruct").base_params() * 2 / 8)
+
+
+def saved_bytes_per_token_layer(dtype, r: int) -> float:
+    """What autograd keeps per token and decoder layer in abspo's gradient pass, measured: the bytes of the unique
+    non-parameter storages saved for backward (saved-tensor hooks), a 2-layer model less a 1-layer one, over a
+    left-padded batch as abspo scores."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from abspo.rollout import build_scoring_batch, completion_logprobs
+
+    def saved(layers: int) -> int:
+        torch.manual_seed(0)
+        cfg = Qwen2Config(hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=100, max_position_embeddings=128,
+                          attn_implementation="sdpa")
+        base = Qwen2ForCausalLM(cfg).to(dtype).eval()
+        bank = AdapterBank(base, BankSpec(adapters={"attacker": LoraSpec(r=r), "defender": LoraSpec(r=r)}))
+        params = {p.untyped_storage().data_ptr() for p in bank.parameters()}
+        batch = build_scoring_batch([[5] * 11, [5] * 7, [6] * 9], [[7] * 6, [8] * 5, [9] * 6], 0)
+        storages = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with bank.role("attacker") as model, bank.update_mode(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            completion_logprobs(model, batch)
+        return sum(storages.values())
+
+    return (saved(2) - saved(1)) / (3 * (11 + 6))
+
+
+@pytest.mark.parametrize("dtype_name, bytes_", [("bfloat16", 2), ("float32", 4)])
+def test_activation_bytes_equal_what_autograd_keeps(dtype_name, bytes_):
+    """The planner's per-token, per-layer activations against a measurement of the real layer (bf16 base with
+    float32 LoRA casts every LoRA input to float32; a float32 base shares them)."""
+    import torch
+
+    from abspo.planner import activation_bytes_per_token_layer
+
+    arch = Architecture(layers=1, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=100, tied_embeddings=False)
+    measured = saved_bytes_per_token_layer(getattr(torch, dtype_name), r=4)
+    assert activation_bytes_per_token_layer(arch, bytes_, 4, lora_rank=4, sequence=17) == measured
+
+
+@pytest.mark.parametrize("config", ["qwen2.5-3b", "qwen2.5-7b", "qwen2.5-7b-ddp", "qwen2.5-14b-fsdp"])
+def test_every_paper_scale_config_fits_an_80_gib_device(config):
+    """The configs are sized by the planner (bf16 base, float32 LoRA inputs counted): none asks for more than 90%
+    of an H100 (7B at micro-batch 4 would: 78 GiB)."""
+    plan = plan_memory(inputs_from_config([f"configs/{config}.yaml"], device_memory_gib=80))
+    assert plan.fits, plan.table()
+
+
+def test_a_device_plays_whole_grpo_groups():
+    p = PlanInputs(arch=TOY, games=12 * 8, group_size=8, devices=8)  # 12 seeds over 8 devices: 2 on the busiest
+    assert p.games_per_device == 16
+    assert plan_memory(p).phases["rollouts"]["KV cache"] == plan_memory(replace(p, games=16, devices=1)).phases[
+        "rollouts"]["KV cache"]
+
+
+def test_devices_as_a_list_count_and_auto_asks_for_a_number(tmp_path):
+    from abspo.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  devices: [0, 1, 2]\n  num_nodes: 2\n")
+    assert inputs_from_config(["configs/tiny.yaml", str(config)]).devices == 6
+    config.write_text("trainer:\n  devices: -1\n")
+    with pytest.raises(ConfigError, match=r"trainer.devices: .*Fix: pass --devices N"):
+        inputs_from_config(["configs/tiny.yaml", str(config)])
+    assert inputs_from_config(["configs/tiny.yaml", str(config)], devices=4).devices == 4
+
+
+def test_shared_full_runs_on_its_float32_copy_and_fsdp2_keeps_the_root_gathered():
+    p = PlanInputs(arch=TOY, base_dtype="bfloat16", games=4, prompt_tokens=10, new_tokens_attacker=5,
+                   new_tokens_defender=7)
+    lora, full = plan_memory(p), plan_memory(replace(p, mode="shared_full"))
+    assert full.phases["rollouts"]["KV cache"] == 2 * lora.phases["rollouts"]["KV cache"], "float32 KV cache"
+    sharded = plan_memory(replace(p, devices=4, sharded=True))
+    assert sharded.phases["update"]["gathered root"] == (100 * 8 + 8) * 2 * 3 / 4  # tied embeddings + final norm

@@ -136,12 +136,25 @@ def planned_gib(name: str, tokenizer, games: int, new_tokens: int, micro_batch: 
     return plan_memory(inputs).peak_bytes / GIB
 
 
+def fitting_micro_batch(name: str, tokenizer, games: int, new_tokens: int, rank: int, judge_params: float,
+                        device_gib: float | None, headroom: float = 0.9) -> int:
+    """The largest micro-batch of 8, 4, 2, 1 whose planned peak fits ``headroom`` of the device (1 if none does;
+    the largest when the device's memory is unknown). An H100 holds the 7B step at 4 and the 14B one at 2 only."""
+    if device_gib is None:
+        return 8
+    for micro_batch in (8, 4, 2):
+        if planned_gib(name, tokenizer, games, new_tokens, micro_batch, rank, judge_params) <= device_gib * headroom:
+            return micro_batch
+    return 1
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--games", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--micro-batch", type=int, help="default: per model, the largest of 8, 4, 2, 1 that abspo's "
+                        "planner fits in 90%% of the device's memory")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--no-judge", action="store_true", help="skip the colocated judge model")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: SmolLM2's, from the abspo cache)")
@@ -191,16 +204,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in [] if args.decoding_only else names:
         torch.manual_seed(0)
         start = time.perf_counter()
-        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch, args.rank)
+        device_gib = torch.cuda.get_device_properties(0).total_memory / GIB if device == "cuda" else None
+        micro_batch = args.micro_batch or fitting_micro_batch(name, tokenizer, games, new_tokens, args.rank,
+                                                              judge_params, device_gib)
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, micro_batch, args.rank)
         built = time.perf_counter() - start
         warm = replace(module.game, max_new_tokens_attacker=16, max_new_tokens_defender=16)
         full, module.game = module.game, warm
         timed_step(module, data.stream.batch(0).seeds[:8], device)
         module.game = full
         figures = timed_step(module, data.stream.batch(1).seeds, device)
-        figures.update(model=name, games=games, new_tokens=new_tokens, micro_batch=args.micro_batch, rank=args.rank,
+        figures.update(model=name, games=games, new_tokens=new_tokens, micro_batch=micro_batch, rank=args.rank,
                        build_s=built, judge_params=judge_params,
-                       planned_gib=planned_gib(name, tokenizer, games, new_tokens, args.micro_batch, args.rank,
+                       planned_gib=planned_gib(name, tokenizer, games, new_tokens, micro_batch, args.rank,
                                                judge_params))
         rows.append(figures)
         _write(args.json, rows)
@@ -213,7 +229,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.cuda.empty_cache()
     if not args.no_decoding:  # last, on a fresh copy of the first base: a run cut short keeps the step figures
         name = names[0]
-        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch, args.rank)
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch or 1,
+                              args.rank)  # no update here: the micro-batch plays no part
         batches = [[defender_prompt(tokenizer, module.game, s.prompt) for s in data.stream.batch(i).seeds]
                    for i in range(2, 3 + args.decoding_batches)]
         tokens = 8 if args.tiny else args.decoding_tokens

@@ -93,18 +93,33 @@ class Architecture:
         return self.layers * sum(r * (a + b) for a, b in self.linear_shapes())
 
 
-def activation_bytes_per_token_layer(arch: Architecture, dtype_bytes: int) -> int:
-    """Bytes autograd keeps per token and decoder layer in the gradient pass (no activation checkpointing).
+def activation_bytes_per_token_layer(arch: Architecture, dtype_bytes: int, trained_bytes: int = 4,
+                                     lora_rank: int = 0, sequence: int = 0) -> int:
+    """Bytes autograd keeps per token and decoder layer in the gradient pass (no activation checkpointing), for a
+    model computing in ``dtype_bytes`` whose trained weights (LoRA, or a shared_full copy) are ``trained_bytes``,
+    on sequences of ``sequence`` tokens.
 
-    Attention block: the RMSNorm input and its float32 statistics, the normed input (read by q, k, v and their
-    LoRA A), q, k, v after RoPE, the attention output (read by o and its LoRA A), SDPA's log-sum-exp; MLP block:
-    the norm input, the normed input, gate, up, SiLU(gate) and the product (read by down); each LoRA keeps its
-    rank-r intermediate (negligible, not counted). Residual adds keep nothing."""
-    h, i, kv = arch.hidden, arch.intermediate, arch.kv_dim
-    in_dtype = 2 * h + h + 2 * kv + h + h  # norm in, normed, q, k, v, attention out
-    in_dtype += 2 * h + 4 * i  # MLP: norm in, normed, gate, up, act, product
-    fp32 = 2 * 4 * 1 + arch.heads * 4  # RMSNorm reciprocal std (x2), SDPA log-sum-exp per head
-    return in_dtype * dtype_bytes + fp32
+    Only what backward reads is kept, and a frozen linear layer reads no input (it needs no weight gradient), so:
+
+    - each RMSNorm: its input in float32 (upcast first when the model is 16-bit) and its float32 statistic;
+    - attention: q, K and V repeated to every query head (a padded batch, which abspo's always may be, takes
+      SDPA's masked path, which does not use grouped KV), the attention output, all in the model's dtype, SDPA's
+      float32 log-sum-exp per head, and the layer's copy of the attention mask (``sequence`` values per token);
+    - MLP: gate, SiLU(gate) and up, in the model's dtype;
+    - the trained layers' inputs. Same dtype as the model: one copy per shared input (q/k/v read one normed
+      input, gate/up another, down the SiLU·up product; o reads the attention output, already kept). A 16-bit
+      model with float32 LoRA: PEFT casts each LoRA layer's input to float32 on its own, so seven float32
+      copies (six hidden-sized, down's intermediate-sized);
+    - each LoRA's rank-r intermediate, in float32.
+
+    Equal, byte for byte, to the storages saved-tensor hooks see on a Qwen2 layer with float32 LoRA over a bf16 or
+    a float32 base (``tests/test_planner.py``)."""
+    h, i, b = arch.hidden, arch.intermediate, dtype_bytes
+    norms = 2 * (h + 1) * 4
+    attention = 4 * h * b + arch.heads * 4 + sequence * b
+    mlp = 3 * i * b
+    trained_inputs = (2 * h + i) * b if b == trained_bytes else (6 * h + i) * trained_bytes
+    return norms + attention + mlp + trained_inputs + 7 * lora_rank * 4
 
 
 @dataclass
@@ -121,6 +136,8 @@ class PlanInputs:
     """FSDP2: base, LoRA and optimizer states sharded over ``devices``; else each device holds all (DDP)."""
     games: int = 8
     """Games per batch over all devices (batch size x GRPO group size)."""
+    group_size: int = 1
+    """GRPO group size: a device plays whole groups (its share of the seeds, each ``group_size`` times)."""
     prompt_tokens: int | None = None
     """Tokens of the longest turn prompt: chat template + instruction + seed, and for the defender the attacker's
     turn. None: 256 + ``new_tokens_attacker``."""
@@ -138,6 +155,11 @@ class PlanInputs:
     """Framework memory: ~1 GiB of CUDA context and allocator slack on a GPU."""
     headroom: float = 0.9
     """Share of the device memory a plan may use (fragmentation, spikes)."""
+
+    @property
+    def games_per_device(self) -> int:
+        """The busiest device's games: seeds are shared out whole, each played ``group_size`` times."""
+        return math.ceil(self.games / self.group_size / self.devices) * self.group_size
 
 
 @dataclass
@@ -193,7 +215,7 @@ class MemoryPlan:
         p = self.inputs
         gib = lambda b: f"{b / GIB:8.2f}"  # noqa: E731
         mode = f"FSDP2 over {p.devices}" if p.sharded else (f"DDP x{p.devices}" if p.devices > 1 else "1 device")
-        lines = [f"per-device memory, {mode}, base {p.base_dtype}, {math.ceil(p.games / p.devices)} games per device, "
+        lines = [f"per-device memory, {mode}, base {p.base_dtype}, {p.games_per_device} games per device, "
                  f"micro-batch {p.micro_batch_size}" + (", activation checkpointing" if p.activation_checkpointing else ""),
                  "", f"{'':34}{'GiB':>8}", "persistent"]
         lines += [f"  {k:32}{gib(v)}" for k, v in self.persistent.items()]
@@ -214,10 +236,11 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     """The per-device memory of one self-play step (module docstring)."""
     a, b = p.arch, DTYPE_BYTES[p.base_dtype]
     shard = p.devices if p.sharded else 1
-    if p.mode == "shared_full":
-        trained, name = a.base_params(), "policy"
+    if p.mode == "shared_full":  # rollouts and updates run on the float32 trained copy
+        trained, name, compute, rank = a.base_params(), "policy", 4, 0
     else:
-        trained, name = sum(a.lora_params(r) for r in p.lora_ranks[: 1 if p.mode == "shared_lora" else None]), "LoRA"
+        ranks = p.lora_ranks[: 1 if p.mode == "shared_lora" else None]
+        trained, name, compute, rank = sum(a.lora_params(r) for r in ranks), "LoRA", b, max(ranks)
     persistent = {
         "base": a.base_params() * b / shard,
         f"{name} weights (fp32)": trained * 4 / shard,
@@ -225,10 +248,10 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         "AdamW moments (fp32)": trained * 8 / shard,
         "judge": p.judge_params * p.judge_dtype_bytes,
     }
-    games = math.ceil(p.games / p.devices)
+    games = p.games_per_device
     prompt = p.prompt_tokens if p.prompt_tokens is not None else 256 + p.new_tokens_attacker
     longest = prompt + max(p.new_tokens_attacker, p.new_tokens_defender)
-    kv = 2 * a.layers * a.kv_dim * b
+    kv = 2 * a.layers * a.kv_dim * compute
     rollouts = {
         "KV cache": kv * longest * games,
         "sampling buffers": games * a.vocab * (4 * 3 + 8 * 2),  # fp32 logits/tempered/perturbed, fp64 noise
@@ -237,9 +260,9 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         rollouts["gathered base (generation)"] = a.base_params() * b * (1 - 1 / shard)
     rows = min(p.micro_batch_size, max(1, games))  # a micro-batch holds at most this device's games
     tokens = rows * longest
-    per_layer = activation_bytes_per_token_layer(a, b)
+    per_layer = activation_bytes_per_token_layer(a, compute, 4, rank, longest)
     if p.activation_checkpointing:
-        activations = tokens * (a.layers * a.hidden * b + per_layer)
+        activations = tokens * (a.layers * a.hidden * compute + per_layer)
     else:
         activations = tokens * a.layers * per_layer
     completion = rows * max(p.new_tokens_attacker, p.new_tokens_defender)
@@ -247,10 +270,12 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         "activations": activations,
         # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
         # (abspo.rollout.TokenLogprobs: log-softmax, softmax, gradient)
-        "completion logits": completion * a.vocab * b * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3,
+        "completion logits": completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3,
     }
     if p.sharded:
         update["gathered layers (2)"] = 2 * a.layer_params() * b
+        # FSDP2's root (embeddings, final norm, an untied LM head) stays gathered from a forward to its backward
+        update["gathered root"] = (a.vocab * a.hidden * (1 if a.tied_embeddings else 2) + a.hidden) * b * (1 - 1 / shard)
     phases = {"rollouts": rollouts, "update": update}
     if p.judge_params:  # the KV cache of the judge's queries, Mistral-7B/Llama-3-8B shapes (32 layers, 8 x 128 KV)
         phases["judge"] = {"judge KV cache": games * p.judge_tokens * 2 * 32 * 1024 * p.judge_dtype_bytes}
@@ -282,8 +307,7 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     algorithm = {**AlgorithmConfig().__dict__, **(model.get("algorithm") or {})}
     strategy = trainer.get("strategy") or "auto"
     strategy = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
-    devices = trainer.get("devices", 1)
-    devices = count(devices, "trainer.devices") if str(devices).lstrip("-").isdigit() else 1  # "auto", a list: 1
+    devices = overrides.get("devices") or config_devices(trainer.get("devices", 1))
     judge = model.get("judge") or {}
     judge_name = str(judge.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(judge, dict) else ""
     values = dict(
@@ -291,10 +315,12 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         base_dtype=base["dtype"],
         lora_ranks=[count((spec or {}).get("r", 16), f"model.bank.adapters.{name}.r") for name, spec in adapters.items()],
         mode=str(model.get("mode") or "bipolicy"),
-        devices=devices * count(trainer.get("num_nodes", 1) or 1, "trainer.num_nodes"),
+        devices=devices if overrides.get("devices") else devices * count(trainer.get("num_nodes", 1) or 1,
+                                                                         "trainer.num_nodes"),
         sharded="ModelParallel" in strategy or "fsdp" in strategy.lower(),
         games=count(data.get("batch_size", 8), "data.batch_size") * count(algorithm["group_size"],
                                                                           "model.algorithm.group_size"),
+        group_size=count(algorithm["group_size"], "model.algorithm.group_size"),
         new_tokens_attacker=count(game["max_new_tokens_attacker"], "model.game.max_new_tokens_attacker"),
         new_tokens_defender=count(game["max_new_tokens_defender"], "model.game.max_new_tokens_defender"),
         micro_batch_size=count(algorithm["micro_batch_size"], "model.algorithm.micro_batch_size"),
@@ -303,6 +329,17 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PlanInputs(**values)
+
+
+def config_devices(value) -> int:
+    """Processes per node that ``trainer.devices`` asks for: a count, or a list of device ids. ``auto`` and -1 mean
+    "what this machine has", which a plan made elsewhere cannot know: a ConfigError asking for ``--devices``."""
+    if isinstance(value, (list, tuple)):
+        return count(len(value), "trainer.devices")
+    if str(value).strip() in ("auto", "-1"):
+        raise ConfigError("trainer.devices", f"{value!r} means every device of the machine the run starts on",
+                          "pass --devices N (all devices of all nodes) to plan for N")
+    return count(value, "trainer.devices")
 
 
 def count(value, key: str) -> int:
