@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from abspo.cli import main
 
 
 def test_compare_trains_each_mode_then_cross_plays_and_reports(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--out", str(out), "--train_config", "[configs/tiny.yaml]", "--modes", "[bipolicy,shared_lora]",
-            "--batches", "2", "--diagnostics_every", "1", "--protocol.n_seeds", "3"]
+    own = tmp_path / "diagnostics.yaml"  # a config with its own CollapseDiagnostics, as configs/smollm2-cpu.yaml has
+    own.write_text("trainer:\n  callbacks:\n    - class_path: abspo.callbacks.CollapseDiagnostics\n"
+                   "      init_args: {every_n_batches: 10}\n")
+    args = ["compare", "--out", str(out), "--train_config", f"[configs/tiny.yaml,{own}]",
+            "--modes", "[bipolicy,shared_lora]", "--batches", "2", "--diagnostics_every", "1", "--protocol.n_seeds", "3",
+            "--fit_args", "[\"--model.game.max_new_tokens_defender\", \"5\"]"]
     main(args)
     report = json.loads((out / "report.json").read_text())
+    resolved = yaml.safe_load((out / "runs" / "bipolicy" / "tb" / "config.yaml").read_text())
+    diagnostics = [c for c in resolved["trainer"]["callbacks"] if c["class_path"].endswith("CollapseDiagnostics")]
+    assert [c["init_args"]["every_n_batches"] for c in diagnostics] == [1], "the config's own, at compare's cadence"
+    crossplayed = json.loads((out / "crossplay" / "crossplay.json").read_text())
+    assert crossplayed["generation"]["max_new_tokens_defender"] == 5, "cross-play plays the game the runs trained on"
     for mode, steps in (("bipolicy", 4), ("shared_lora", 2)):  # one game budget: 2 batches, whatever the steps
         run = report["modes"][mode]
         assert f"max_steps={steps}` reached" in (out / "runs" / f"{mode}.log").read_text()

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from abspo.cli import cli_main, main
 from abspo.distributed import Collective
 from abspo.models import load_base
+from tests import collective_worker
 from tests import distributed_worker as worker
 from tests.conftest import TINY
 
@@ -56,6 +57,21 @@ def test_shards_cover_the_batch_once_in_order():
             parts = [range(n)[Collective(world, r).shard(n)] for r in range(world)]
             assert [i for p in parts for i in p] == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_gradient_no_process_has_stays_absent_so_adamw_skips_it(tmp_path):
+    """Summed over processes, a gradient one process has is that gradient; one no process has stays None, as on one
+    process, so AdamW leaves that parameter alone (zeros would move it by weight decay and momentum)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(collective_worker.absent_gradient_worker, args=(port, str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    assert torch.equal(got["a_grad"], torch.full((3,), 2.0))
+    assert got["b_grad_is_none"] and torch.equal(got["b"], torch.ones(2)), "b had no gradient anywhere: untouched"
 
 
 @pytest.fixture(scope="module")

@@ -141,22 +141,22 @@ def test_score_exchanges_scores_a_mixed_batch_independently():
 def test_unknown_table_name_is_config_error():
     with pytest.raises(ConfigError) as err:
         resolve_table("generalsum")
-    assert err.value.key == "model.rewards.table"
+    assert err.value.key == "model.reward_table"
     assert "generalsum" in str(err.value)
 
 
 def test_custom_table_unknown_role_names_the_key():
     with pytest.raises(ConfigError) as err:
         resolve_table({"attacker": {"on_target": 1.0}, "judge": {"right_call": 1.0}})
-    assert err.value.key == "model.rewards.table.judge"
-    assert "model.rewards.table.judge" in str(err.value)
+    assert err.value.key == "model.reward_table.judge"
+    assert "model.reward_table.judge" in str(err.value)
 
 
 def test_custom_table_unknown_outcome_names_the_key():
     with pytest.raises(ConfigError) as err:
         resolve_table({"defender": {"right_call": 1.0, "jailbroken": 2.0}})
-    assert err.value.key == "model.rewards.table.defender.jailbroken"
-    assert "model.rewards.table.defender.jailbroken" in str(err.value)
+    assert err.value.key == "model.reward_table.defender.jailbroken"
+    assert "model.reward_table.defender.jailbroken" in str(err.value)
 
 
 def test_custom_table_with_negative_weights_rewards_the_opposite_outcome():

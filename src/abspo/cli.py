@@ -6,7 +6,7 @@ file's stem), so that re-running the same command with ``--ckpt_path last`` resu
 * ``checkpoints/last.ckpt`` (+ periodic ones): adapters, optimizer/scheduler states, loop and data position
 * ``tb/``: TensorBoard logs (``tensorboard --logdir checkpoints``)
 * ``adapters/<role>/``: each role as a PEFT folder
-* ``config.yaml``: the full resolved config
+* ``tb/config.yaml``: the full resolved config
 
 ``abspo crossplay`` and ``abspo safety-report`` evaluate adapter folders from any run, so they take no training
 config: each is a function (:func:`~abspo.evaluation.crossplay.run_crossplay`,

@@ -90,10 +90,18 @@ class Collective:
             offset += ref.numel()
         return out
 
+    def sum_present(self, tensors: list[Tensor | None], like: list[Tensor]) -> list[Tensor | None]:
+        """:meth:`sum_all`, except that an entry no process has stays ``None`` (as it is on one process): a
+        gradient nobody computed is absent, not zero, so an optimizer skips its parameter instead of stepping
+        AdamW's momentum and weight decay on zeros. One all-reduce, the presence counts riding along."""
+        present = torch.tensor([float(t is not None) for t in tensors])
+        *sums, counts = self.sum_all([*tensors, present], [*like, present])
+        return [s if n > 0 else None for s, n in zip(sums, counts.tolist())]
+
     def sum_grads_(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each parameter's ``.grad`` by its sum over processes (:meth:`sum_all`)."""
+        """Replace each parameter's ``.grad`` by its sum over processes (:meth:`sum_present`)."""
         if self.active:
-            for p, g in zip(params, self.sum_all([p.grad for p in params], params)):
+            for p, g in zip(params, self.sum_present([p.grad for p in params], params)):
                 p.grad = g
 
     def gather_objects(self, items: list) -> list:

@@ -265,6 +265,11 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError("model.rollout.backend", "the vLLM backend runs in one process (one engine beside the "
                               f"trainer), this run has {trainer.world_size}", "use model.rollout.backend: hf "
                               "with several processes")
+        if isinstance(strategy, FSDP2Strategy) and not strategy._save_distributed_checkpoint:
+            # ModelParallelStrategy would write rank 0's shards alone into one file: half of every adapter
+            raise ConfigError("trainer.strategy.init_args.save_distributed_checkpoint", "FSDP2Strategy writes "
+                              "adapter-only sharded checkpoints (a folder: each process its shards) and resumes from "
+                              "those only", "leave it true (the default); `abspo test` reads such a folder whole")
         if isinstance(strategy, FSDP2Strategy) and self.rollout_cfg.hf.cache != "dynamic":
             raise ConfigError("model.rollout.hf.cache", "a static cache (and compiled decoding) under FSDP2 is untested "
                               "with its lockstep generation (synced_gpus), where a hang would stall every process",
@@ -830,8 +835,8 @@ class SelfPlayModule(L.LightningModule):
         if self._sharded:
             grads = {n: p.grad for n, p in pending if p.grad is not None}
         elif self.collective.active:
-            summed = self.collective.sum_all([p.grad for _, p in pending], [p for _, p in pending])
-            grads = {n: g.to("cpu") for (n, _), g in zip(pending, summed)}
+            summed = self.collective.sum_present([p.grad for _, p in pending], [p for _, p in pending])
+            grads = {n: g.to("cpu") for (n, _), g in zip(pending, summed) if g is not None}
         else:
             grads = {n: p.grad.detach().to("cpu", copy=True) for n, p in pending if p.grad is not None}
         checkpoint["abspo_accumulation"] = {"updates": dict(self._updates), "grads": grads}

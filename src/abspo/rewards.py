@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from abspo.bank import ROLES
 from abspo.errors import ConfigError
 from abspo.game import Exchange
 
@@ -85,15 +86,15 @@ def resolve_table(table: str | dict[str, dict[str, float]]) -> dict[str, dict[st
     """A table by name, or a custom table checked against the known roles and outcomes."""
     if isinstance(table, str):
         if table not in TABLES:
-            raise ConfigError("model.rewards.table", f"unknown reward table {table!r}",
+            raise ConfigError("model.reward_table", f"unknown reward table {table!r}",
                               f"use one of {sorted(TABLES)} or write a role -> {{outcome: weight}} mapping")
         return TABLES[table]
     for role, terms in table.items():
-        if role not in GENERAL_SUM:
-            raise ConfigError(f"model.rewards.table.{role}", f"unknown role {role!r}", f"roles are {sorted(GENERAL_SUM)}")
+        if role not in ROLES:
+            raise ConfigError(f"model.reward_table.{role}", f"unknown role {role!r}", f"roles are {sorted(ROLES)}")
         for name in terms:
             if name not in OUTCOMES:
-                raise ConfigError(f"model.rewards.table.{role}.{name}", f"unknown outcome {name!r}",
+                raise ConfigError(f"model.reward_table.{role}.{name}", f"unknown outcome {name!r}",
                                   f"outcomes are {sorted(OUTCOMES)}")
     return table
 

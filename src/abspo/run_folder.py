@@ -8,7 +8,8 @@ from here, so the three can never disagree.
 CHECKPOINTS = "checkpoints"
 """``last.ckpt`` and periodic checkpoints: adapters, optimizer and scheduler states, loop and data position."""
 TENSORBOARD = "tb"
-"""TensorBoard event files."""
+"""TensorBoard event files, and Lightning's ``config.yaml`` (the run's whole resolved config)."""
+RESOLVED_CONFIG = f"{TENSORBOARD}/config.yaml"
 ADAPTERS = "adapters"
 """``adapters/<role>/``: each role as a PEFT folder (:class:`abspo.callbacks.export.AdapterExport`)."""
 EVAL = "eval"
@@ -19,4 +20,4 @@ DIAGNOSTICS = "diagnostics.json"
 """The collapse monitor's summary at the end of training."""
 
 RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, ADAPTERS, EVAL, SAMPLES, DIAGNOSTICS)
-"""Every entry a run writes (``config.yaml`` aside: each run rewrites it)."""
+"""Every entry a run writes."""

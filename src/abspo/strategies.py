@@ -34,7 +34,8 @@ PENDING_GRADS = "abspo_pending_grads"  # the folder's key for gradients summed m
 
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 (``fully_shard``) for self-play: adapter-only sharded checkpoints. Takes ModelParallelStrategy's
-    arguments; the defaults shard over every process."""
+    arguments; the defaults shard over every process. ``save_distributed_checkpoint`` must stay true (refused by
+    ``SelfPlayModule.check_trainer``): a checkpoint is always a folder of every process's shards."""
 
     def _adapter_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.lightning_module.state_dict().items() if AdapterBank._adapter_of(k) is not None}
@@ -44,8 +45,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         return self._adapter_state()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
-        if not self._save_distributed_checkpoint:
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         partial = path.with_name(f".{path.name}.partial")
         if self.global_rank == 0:

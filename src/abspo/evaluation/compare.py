@@ -30,6 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from abspo import run_folder
 from abspo.atomic import atomic_write
 from abspo.bank import saved_adapter_shapes
@@ -91,18 +93,21 @@ def run_compare(
         if not Path(path).is_file():
             raise ConfigError(f"train_config[{i}]", f"config file {path!r} does not exist", "give a training YAML, e.g. configs/smollm2-cpu.yaml")
     protocol.validate()
-    model_cfg = stacked_config_files(train_config, "train_config").get("model") or {}
     out_dir = Path(out)
     runs: dict[str, dict[str, Any]] = {}
     for mode in modes:
         runs[mode] = train_mode(out_dir, mode, train_config, batches, diagnostics_every, fit_args, retrain)
+    # The base, judge and game the runs were trained with, fit_args included: each run's resolved config.yaml
+    # (they differ in model.mode only).
+    resolved = out_dir / "runs" / modes[0] / run_folder.RESOLVED_CONFIG
+    model_cfg = yaml.safe_load(resolved.read_text(encoding="utf-8")).get("model") or {}
 
     attackers = ["vanilla", "base"] + [f"{m}={out_dir / 'runs' / m / 'adapters' / 'attacker'}" for m in modes]
     defenders = ["base"] + [f"{m}={out_dir / 'runs' / m / 'adapters' / 'defender'}" for m in modes]
     argv = ["--out", str(out_dir / "crossplay"), "--attackers", json.dumps(attackers), "--defenders", json.dumps(defenders),
             "--protocol", json.dumps(asdict(protocol))]
     for key in ("base", "judge", "game"):
-        if key in model_cfg:
+        if model_cfg.get(key) is not None:
             argv += [f"--{key}", json.dumps(model_cfg[key])]
     log.info("cross-play: %d attackers x %d defenders on %s", len(attackers), len(defenders), protocol.seeds)
     crossplay_main(argv)
@@ -123,6 +128,21 @@ def run_compare(
     return report
 
 
+def callbacks_with_diagnostics(configs: list[str], every: int) -> list[dict[str, Any]]:
+    """The configs' callbacks with one CollapseDiagnostics every ``every`` batches: the configs' own, set to that
+    cadence, or a new one (two would measure the same batches twice and both write diagnostics.json)."""
+    trainer = stacked_config_files(configs, "train_config").get("trainer") or {}
+    callbacks, found = [], False
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("CollapseDiagnostics"):
+            callback = {**callback, "init_args": {**(callback.get("init_args") or {}), "every_n_batches": every}}
+            found = True
+        callbacks.append(callback)
+    if not found:
+        callbacks.append({"class_path": "abspo.callbacks.CollapseDiagnostics", "init_args": {"every_n_batches": every}})
+    return callbacks
+
+
 def train_mode(out_dir: Path, mode: str, configs: list[str], batches: int, every: int, fit_args: list[str],
                retrain: bool) -> dict[str, Any]:
     """Run ``abspo fit`` for ``mode`` in its own process (or reuse a finished run with the same settings)."""
@@ -135,12 +155,12 @@ def train_mode(out_dir: Path, mode: str, configs: list[str], batches: int, every
         if record.get("settings") == settings:
             log.info("%s: reusing the finished run in %s", mode, runs / mode)
             return record
-    command = [sys.executable, "-m", "abspo.cli", "fit", *[x for c in configs for x in ("--config", c)],
-               "--model.mode", mode, "--run.max_batches", str(batches), "--run.output_root", str(runs),
-               "--run.name", mode, "--run.overwrite", "true", "--trainer.enable_progress_bar", "false",
-               "--trainer.callbacks+=abspo.callbacks.CollapseDiagnostics",
-               "--trainer.callbacks.init_args.every_n_batches", str(every), *fit_args]
     runs.mkdir(parents=True, exist_ok=True)
+    callbacks = runs / f"{mode}.callbacks.yaml"  # a config file's list replaces the earlier ones' whole
+    atomic_write(callbacks, yaml.safe_dump({"trainer": {"callbacks": callbacks_with_diagnostics(configs, every)}}))
+    command = [sys.executable, "-m", "abspo.cli", "fit", *[x for c in [*configs, str(callbacks)] for x in ("--config", c)],
+               "--model.mode", mode, "--run.max_batches", str(batches), "--run.output_root", str(runs),
+               "--run.name", mode, "--run.overwrite", "true", "--trainer.enable_progress_bar", "false", *fit_args]
     log_path = runs / f"{mode}.log"
     log.info("%s: training %d batches (log: %s)", mode, batches, log_path)
     start = time.perf_counter()

@@ -1,0 +1,27 @@
+"""Workers for :mod:`abspo.distributed`'s own tests, spawned 2 at a time (``torch.multiprocessing.spawn``): they
+import torch and :mod:`abspo.distributed` only, so a process starts in a second."""
+
+from __future__ import annotations
+
+import datetime
+
+import torch
+
+from abspo.distributed import Collective
+
+
+def absent_gradient_worker(rank: int, port: int, out: str) -> None:
+    """One of 2 processes (``torch.multiprocessing.spawn``): parameter ``a`` has a gradient on rank 1 only, ``b``
+    on neither; sum the gradients and step AdamW, as :meth:`SelfPlayModule.optimizer_step` does. Rank 0 saves
+    what it got."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.AdamW([a, b], lr=0.1, weight_decay=0.1)
+    a.grad = torch.full((3,), 2.0) if rank == 1 else None
+    collective = Collective.current()
+    collective.sum_grads_([a, b])
+    opt.step()
+    if rank == 0:
+        torch.save({"a_grad": a.grad, "b_grad_is_none": b.grad is None, "b": b.detach().clone()}, out)
+    torch.distributed.destroy_process_group()
