@@ -59,19 +59,30 @@ def test_shards_cover_the_batch_once_in_order():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_a_gradient_no_process_has_stays_absent_so_adamw_skips_it(tmp_path):
-    """Summed over processes, a gradient one process has is that gradient; one no process has stays None, as on one
-    process, so AdamW leaves that parameter alone (zeros would move it by weight decay and momentum)."""
+def spawn_two(worker_fn, tmp_path) -> dict:
+    """Run ``worker_fn(rank, port, out)`` on 2 gloo processes; what rank 0 saved to ``out``."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    torch.multiprocessing.spawn(collective_worker.absent_gradient_worker, args=(port, str(out)), nprocs=2, join=True)
-    got = torch.load(out, weights_only=True)
+    torch.multiprocessing.spawn(worker_fn, args=(port, str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+def test_a_gradient_no_process_has_stays_absent_so_adamw_skips_it(tmp_path):
+    """Summed over processes, a gradient one process has is that gradient; one no process has stays None, as on one
+    process, so AdamW leaves that parameter alone (zeros would move it by weight decay and momentum)."""
+    got = spawn_two(collective_worker.absent_gradient_worker, tmp_path)
     assert torch.equal(got["a_grad"], torch.full((3,), 2.0))
     assert got["b_grad_is_none"] and torch.equal(got["b"], torch.ones(2)), "b had no gradient anywhere: untouched"
+
+
+def test_a_time_budget_stops_every_process_at_the_same_batch(tmp_path):
+    """ReasoningRetention's budget: a process over it stops the others too (under FSDP2 each forward is a
+    collective, so a process stopping alone would leave another waiting in its next batch)."""
+    assert spawn_two(collective_worker.time_budget_worker, tmp_path)["scored"] == [2, 2]
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric
 
 from abspo import run_folder
 from abspo.bank import ROLES
+from abspo.distributed import Collective
 from abspo.errors import ConfigError
 from abspo.evaluation.tasks import EvalResult, TaskSpec, build_task, evaluate
 from abspo.step_logging import log_batch_metrics
@@ -126,7 +127,8 @@ class ReasoningRetention(L.Callback):
     def score(self, module: L.LightningModule, routed: AbstractContextManager, limit: int | None = None) -> EvalResult:
         """Score the model ``routed`` yields (``module.bank.role(r)`` or ``module.bank.anchor()``)."""
         with routed as model, eval_mode(module.bank.model), torch.no_grad():
-            return evaluate(self.task, model, module.tokenizer, self.batch_size, self.time_budget_s, limit)
+            return evaluate(self.task, model, module.tokenizer, self.batch_size, self.time_budget_s, limit,
+                            Collective.current())
 
     def _report_budget(self, who: str, result: EvalResult) -> None:
         if not result.complete:

@@ -34,6 +34,7 @@ from typing import Literal
 
 import torch
 
+from abspo.distributed import Collective
 from abspo.errors import ConfigError
 from abspo.jsonl import read_jsonl
 from abspo.evaluation.answers import is_correct, parse_number
@@ -175,18 +176,24 @@ class EvalResult:
 
 
 def evaluate(task: Task, model, tokenizer, batch_size: int = 8, time_budget_s: float | None = None,
-             limit: int | None = None) -> EvalResult:
+             limit: int | None = None, collective: Collective | None = None) -> EvalResult:
     """Score the first ``limit`` items (all by default) in batches.
 
     With a time budget, no new batch starts once ``time_budget_s`` seconds have passed (the first batch always
     runs), so a check costs at most the budget plus one batch; the result says how many items were scored.
+    With several processes (``collective``) the decision is theirs together: all stop once any is over the
+    budget. Under FSDP2 every forward is a collective, so a process that stopped on its own clock while another
+    started a batch would leave that one waiting forever.
     """
     items = task.items[:limit] if limit is not None else task.items
     result = EvalResult(total=len(items))
     start = time.perf_counter()
+    collective = collective or Collective()
     for lo in range(0, len(items), batch_size):
-        if lo and time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-            break
+        if lo and time_budget_s is not None:
+            over = torch.tensor(float(time.perf_counter() - start > time_budget_s))
+            if collective.max(over).item() > 0:
+                break
         for outcome in task.score(model, tokenizer, items[lo:lo + batch_size]):
             result.correct.append(outcome.correct)
             result.outputs.append(outcome.output)
