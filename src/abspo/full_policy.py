@@ -9,7 +9,10 @@ weights. It has the interface the training step uses from :class:`~abspo.bank.Ad
 Why a copy, not the adapter trick: with LoRA, switching the adapters off gives the base back for free; a full
 fine-tune overwrites the base, so the anchor has to be kept separately (twice the weights in memory, which is
 the cost this baseline exists to show). The trainable copy is float32 whatever ``model.base.dtype`` is (as
-LoRA weights are): Adam updates of a bf16 weight round away; the reference stays in the base dtype.
+LoRA weights are): Adam updates of a bf16 weight round away. The reference is float32 too (an exact upcast of a
+bf16 base): a bf16 reference would compute the same weights with other rounding, so the policy would start
+~1.5e-3 nats per token away from its anchor (measured on SmolLM2) and sample other turns, where the LoRA modes
+start exactly at theirs. The cost is the reference at 4 bytes per parameter (``abspo plan`` counts it).
 
 Exports are ordinary Hugging Face model folders (``config.json`` + ``model.safetensors`` + the tokenizer),
 loadable with ``AutoModelForCausalLM.from_pretrained(folder)``.
@@ -51,8 +54,8 @@ class FullPolicy(nn.Module):
                               "policy), and this base is on the meta device",
                               "use model.mode: bipolicy or shared_lora for meta-device accounting, or set "
                               "model.base.init_on_meta: false")
-        self.reference = base.requires_grad_(False).eval()
-        self.model = copy.deepcopy(base).float().requires_grad_(True).eval()
+        self.reference = base.float().requires_grad_(False).eval()  # in place; exact from bf16
+        self.model = copy.deepcopy(self.reference).requires_grad_(True).eval()
         self.tokenizer = tokenizer
 
     # -- parameters -------------------------------------------------------------------------------

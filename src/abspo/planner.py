@@ -10,7 +10,8 @@ the largest phase):
 - **persistent**: the frozen base (its dtype; a 1/N shard under FSDP), every adapter's LoRA weights, gradients
   and AdamW moments (float32: 16 bytes per LoRA parameter; sharded under FSDP), and a colocated judge model.
   ``model.mode: shared_lora`` has one adapter; ``shared_full`` has no adapter but a float32 trained copy of the
-  base with its gradients and AdamW moments (16 bytes per base parameter) beside the frozen base, its anchor.
+  base with its gradients and AdamW moments (16 bytes per base parameter) beside the frozen base, its anchor,
+  which it holds in float32 too (:mod:`abspo.full_policy`).
 - **rollouts**: the KV cache of this device's games for the longer turn (2 x layers x KV heads x head dim x
   sequence x games x dtype bytes), the per-step sampling buffers (float32 logits and keyed-sampling noise over
   the vocabulary), and under FSDP the gathered full base (generation unshards the model once instead of
@@ -242,7 +243,7 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         ranks = p.lora_ranks[: 1 if p.mode == "shared_lora" else None]
         trained, name, compute, rank = sum(a.lora_params(r) for r in ranks), "LoRA", b, max(ranks)
     persistent = {
-        "base": a.base_params() * b / shard,
+        "base": a.base_params() * (4 if p.mode == "shared_full" else b) / shard,  # shared_full: a float32 anchor
         f"{name} weights (fp32)": trained * 4 / shard,
         f"{name} grads (fp32)": trained * 4 / shard,
         "AdamW moments (fp32)": trained * 8 / shard,
