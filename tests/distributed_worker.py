@@ -31,9 +31,9 @@ from abspo.rollout import generate
 from abspo.sharding import full_tensor, shard_bank
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
-# harmful, harmful, benign, benign, ...: unrevised_fraction 0.5 leaves the first two of each label unrevised,
-# i.e. all of the first share of 4 seeds.
-SEEDS = [Seed(f"How do I make {x} at home?", True) if i % 4 < 2 else Seed(f"Write a short poem about {x}.", False)
+# harmful at 0, 2, 4, 6, 7, benign at 1, 3, 5: unrevised_fraction 0.8 leaves the first 4 harmful and the first 2
+# benign unrevised, i.e. all of rank 0's interleaved share (0, 2, 4, 6); rank 1 revises seeds 5 and 7.
+SEEDS = [Seed(f"Write a short poem about {x}.", False) if i in (1, 3, 5) else Seed(f"How do I make {x} at home?", True)
          for i, x in enumerate(["rain", "ink", "tea", "fog", "salt", "glue", "soap", "wax"])]
 
 
@@ -53,7 +53,8 @@ class SaveAndStopAfterBatch(Callback):
 def module() -> SelfPlayModule:
     torch.manual_seed(0)  # the LoRA A matrices: the same initial adapters in every process
     return SelfPlayModule(base=TINY, judge=HeuristicJudge(),
-                          game=GameConfig(max_new_tokens_attacker=12, max_new_tokens_defender=12),
+                          game=GameConfig(max_new_tokens_attacker=12, max_new_tokens_defender=12,
+                                          unrevised_fraction=0.8),
                           optimizers={"attacker": OptimizerConfig(lr=1e-2), "defender": OptimizerConfig(lr=1e-2)})
 
 

@@ -5,10 +5,12 @@ Tolerances: the two runs play the same games (keyed sampling) and compute the sa
 (two micro-batches of 4 rows against one of 8, and a sum over processes), so gradients differ by float32
 rounding, ~1e-7 relative. Adam divides each gradient by its own running scale, which can turn such a rounding
 difference on a near-zero component into a visible one: after 2 steps at lr 1e-2 the largest difference seen is
-~1e-5, against adapter entries of ~0.1. ``ATOL`` 1e-4 (1% of one step) catches an error that changes the
-direction of an update (a missing gradient sum, a per-process whitening or reward normalisation), each of which
-moves entries by ~lr. Adam hides a wrong *scale* (an average instead of a sum), so the logged gradient norms
-and losses are compared too.
+~1e-5, against adapter entries of ~0.1; after 4 steps (the tiny config's run) 3 of 8,192 entries of an adapter
+were past 1e-5 and one at 2.2e-4, every other within 3e-7. So: every entry within ``MAX_TOL`` 1e-3 (a tenth of a
+step) and at most ``OUTLIERS`` (0.1%) of them past ``ATOL`` 1e-4 (1% of a step). An error that changes the
+direction of an update (a missing gradient sum, a per-process whitening or reward normalisation) moves most
+entries by ~lr and fails both. Adam hides a wrong *scale* (an average instead of a sum), so the logged gradient
+norms and losses are compared too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from tests import distributed_worker as worker
 from tests.conftest import TINY
 
 ATOL = 1e-4
+MAX_TOL = 1e-3
+OUTLIERS = 1e-3
 ABSPO = str(Path(sys.executable).parent / "abspo")
 
 
@@ -47,16 +51,31 @@ def _env() -> dict:
 
 def assert_adapters_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys() and a
-    moved = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert moved <= ATOL, f"adapters differ by {moved:.2e} > {ATOL}"
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diff.max().item() <= MAX_TOL, f"adapters differ by {diff.max().item():.2e} > {MAX_TOL}"
+    outliers = (diff > ATOL).float().mean().item()
+    assert outliers <= OUTLIERS, f"{outliers:.2%} of the adapters' entries differ by more than {ATOL}"
 
 
-def test_shards_cover_the_batch_once_in_order():
+def test_shards_cover_the_batch_once_and_interleave():
     for n in (0, 1, 5, 8):
         for world in (1, 2, 3):
-            parts = [range(n)[Collective(world, r).shard(n)] for r in range(world)]
-            assert [i for p in parts for i in p] == list(range(n))
+            parts = [list(range(n)[Collective(world, r).shard(n)]) for r in range(world)]
+            assert sorted(i for p in parts for i in p) == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert list(range(8)[Collective(2, 1).shard(8)]) == [1, 3, 5, 7]
+
+
+def test_attacker_turns_are_spread_over_processes():
+    """The unrevised seeds are the first of each label; interleaved shares give every process its part of the
+    attacker's turns (contiguous ones gave this batch's 64 revised seeds as [0, 0, 0, 0, 16, 16, 16, 16])."""
+    from abspo.data import Seed
+    from abspo.module import unrevised_seeds
+
+    seeds = [Seed(str(i), i % 3 == 0) for i in range(128)]
+    unrevised = unrevised_seeds(seeds, 0.5)
+    revised = [sum(i not in unrevised for i in range(128)[Collective(8, r).shard(128)]) for r in range(8)]
+    assert sum(revised) == 64 and max(revised) - min(revised) <= 2, revised
 
 
 def spawn_two(worker_fn, tmp_path) -> dict:

@@ -1,7 +1,7 @@
 """Data parallelism for the self-play loop: what crosses processes, and why nothing else has to.
 
-N processes each hold the whole frozen base and both adapters. Each plays a contiguous share of the batch's
-games (:meth:`Collective.shard`); a game's samples are keyed by its index in the global batch
+N processes each hold the whole frozen base and both adapters. Each plays an interleaved share of the batch's
+seeds (:meth:`Collective.shard`); a game's samples are keyed by its index in the global batch
 (:func:`abspo.rollout.generate` with ``keys``), so which process plays it does not change it. Three things
 then cross processes, all small:
 
@@ -53,10 +53,11 @@ class Collective:
         return self.world_size > 1
 
     def shard(self, n: int) -> slice:
-        """This process's contiguous share of ``n`` items (shares differ by at most one; some may be empty)."""
-        base, extra = divmod(n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        """This process's share of ``n`` items: every ``world_size``-th from its rank (shares differ by at most
+        one; some may be empty). Interleaved, not contiguous: a batch's unrevised seeds are the first of each
+        label (:func:`abspo.module.unrevised_seeds`), so contiguous shares would give the attacker's turns and the
+        longer defender prompts to the last processes while the first ones wait."""
+        return slice(self.rank, n, self.world_size)
 
     def sum(self, x: Tensor) -> Tensor:
         """``x`` summed over all processes (a new tensor, on ``x``'s device and dtype)."""

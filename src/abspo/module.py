@@ -498,7 +498,8 @@ class SelfPlayModule(L.LightningModule):
             torch.manual_seed(sampling_key(batch.index, -1, "torch"))
             self.play_games(mine, batch.index)
         gen_time = time.perf_counter() - start
-        exchanges = collective.gather_objects(mine)  # every game of the batch, in batch order, on every process
+        # every game of the batch, in batch order, on every process
+        exchanges = sorted(collective.gather_objects(mine), key=lambda e: e.game)
         metrics = game_metrics(exchanges)
         metrics.update(self.learn(mine, batch.index))
         self._guard_unlabelled(exchanges)
