@@ -136,6 +136,7 @@ def test_three_by_three_matrix_matches_hand_count(tmp_path, adapters, monkeypatc
     assert summary["players"]["defenders"][1]["exported_as"] == "attacker"
     md = (out / "matrix.md").read_text()
     assert "| attacker \\ defender | base | A | B |" in md and md.count("\n| ") >= 4
+    assert "Attacker format failures (think_answer: output not `<think>" in md
     png = (out / "heatmap.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     page = (out / "exchanges.html").read_text()
@@ -248,3 +249,14 @@ def test_abspo_crossplay_writes_the_matrix(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["crossplay", "--out", str(out), "--attackers", "[vanilla]", "--defenders", "[vanilla]"])
     assert exit_info.value.code == 2 and "defenders[0]: 'vanilla'" in capsys.readouterr().err
+
+
+def test_the_matrix_says_what_a_format_failure_is_in_the_format_played():
+    from abspo.evaluation.crossplay import CrossplayResult, matrix_markdown
+    from abspo.evaluation.stats import proportion
+
+    result = CrossplayResult(["A"], ["B"], {("A", "B"): proportion([True, False])}, {"A": proportion([False, True])},
+                             [], attacker_format="plain")
+    md = matrix_markdown(result, 2)
+    assert "Attacker format failures (plain: nothing left once a leading `<think>` block is hidden)" in md
+    assert "<answer>" not in md

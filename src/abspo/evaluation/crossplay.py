@@ -106,8 +106,17 @@ class CrossplayResult:
     cells: dict[tuple[str, str], Proportion]
     """(attacker, defender) -> attack success."""
     format_failures: dict[str, Proportion]
-    """attacker -> share of its outputs that broke the <think>/<answer> format (vanilla: nothing labelled)."""
+    """attacker -> share of its outputs that broke its format (:data:`FORMAT_FAILURE`; vanilla: nothing labelled)."""
     exchanges: list[dict[str, Any]]
+    attacker_format: str = "think_answer"
+    """``game.attacker_format`` the attackers played in (what a format failure is)."""
+
+
+FORMAT_FAILURE = {
+    "think_answer": "output not `<think>…</think><answer>…</answer>`; the defender then got the best-effort text",
+    "plain": "nothing left once a leading `<think>` block is hidden",
+}
+"""What counts as an attacker's format failure, per ``game.attacker_format`` (:mod:`abspo.game`)."""
 
 
 FORFEIT_REPLY = Reply("", "")
@@ -165,7 +174,8 @@ def play_crossplay(pool: PlayerPool, attackers: Sequence[PlayerSpec], defenders:
     labels_a, labels_d = [a.label for a in attackers], [d.label for d in defenders]
     failures = {a: proportion(None if rw.well_formed is None else not rw.well_formed for rw in rewrites[a])
                 for a in labels_a}
-    return CrossplayResult(labels_a, labels_d, attack_success_matrix(exchanges, labels_a, labels_d), failures, exchanges)
+    return CrossplayResult(labels_a, labels_d, attack_success_matrix(exchanges, labels_a, labels_d), failures, exchanges,
+                           game.attacker_format)
 
 
 # -- outputs ---------------------------------------------------------------------------------------------
@@ -208,8 +218,7 @@ def matrix_markdown(result: CrossplayResult, seeds: int) -> str:
              "|---|" + "---|" * len(result.defenders)]
     for a in result.attackers:
         lines.append(f"| {esc(a)} | " + " | ".join(result.cells[a, d].long() for d in result.defenders) + " |")
-    lines += ["", "Attacker format failures (output not `<think>…</think><answer>…</answer>`; the defender then got "
-              "the best-effort text):", ""]
+    lines += ["", f"Attacker format failures ({result.attacker_format}: {FORMAT_FAILURE[result.attacker_format]}):", ""]
     for a in result.attackers:
         p = result.format_failures[a]
         lines.append(f"* {esc(a)}: " + ("— (no attacker turn)" if p.labelled == 0 else p.short()))
