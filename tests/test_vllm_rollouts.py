@@ -112,15 +112,13 @@ def test_settings_the_backend_cannot_serve_are_refused(judge):
 
 
 @pytest.mark.parametrize("ranks, served_as", [((4, 12), 16)])
-def test_the_engine_gets_a_max_lora_rank_vllm_accepts(judge, seeds, ranks, served_as):
+def test_the_engine_gets_a_max_lora_rank_vllm_accepts(judge, ranks, served_as):
     """vLLM's LoRAConfig takes only 8, 16, 32, ... 512 (the fake refuses any other value the same way): a lower rank
     is served under the next one up."""
     from abspo.bank import BankSpec, LoraSpec
 
     spec = BankSpec(adapters={role: LoraSpec(r=r, alpha=2 * r) for role, r in zip(("attacker", "defender"), ranks)})
-    module = make(judge, bank=spec)
-    module.play(seeds.batch(0).seeds[:2], batch_index=0)
-    assert module.vllm_engine().engine.init["max_lora_rank"] == served_as
+    assert make(judge, bank=spec).vllm_engine().engine.init["max_lora_rank"] == served_as
 
 
 def test_a_rank_vllm_cannot_serve_is_refused_when_the_module_is_built(judge):
