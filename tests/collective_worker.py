@@ -10,6 +10,13 @@ import torch
 from abspo.distributed import Collective
 
 
+def finish() -> None:
+    """Leave the process group together: a process that tears gloo down while the other is still talking to it
+    can make that one abort ("terminate called without an active exception")."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def absent_gradient_worker(rank: int, port: int, out: str) -> None:
     """One of 2 processes (``torch.multiprocessing.spawn``): parameter ``a`` has a gradient on rank 1 only, ``b``
     on neither; sum the gradients and step AdamW, as :meth:`SelfPlayModule.optimizer_step` does. Rank 0 saves
@@ -24,7 +31,7 @@ def absent_gradient_worker(rank: int, port: int, out: str) -> None:
     opt.step()
     if rank == 0:
         torch.save({"a_grad": a.grad, "b_grad_is_none": b.grad is None, "b": b.detach().clone()}, out)
-    torch.distributed.destroy_process_group()
+    finish()
 
 
 class SlowOnRankOne:
@@ -56,4 +63,4 @@ def time_budget_worker(rank: int, port: int, out: str) -> None:
     torch.distributed.all_gather_object(scored, result.scored)
     if rank == 0:
         torch.save({"scored": scored}, out)
-    torch.distributed.destroy_process_group()
+    finish()

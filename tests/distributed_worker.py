@@ -29,6 +29,7 @@ from abspo.models import BaseModel
 from abspo.module import SelfPlayModule
 from abspo.rollout import generate
 from abspo.sharding import full_tensor, shard_bank
+from tests.collective_worker import finish
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
 # harmful at 0, 2, 4, 6, 7, benign at 1, 3, 5: unrevised_fraction 0.8 leaves the first 4 harmful and the first 2
@@ -82,7 +83,7 @@ def main(mode: str, out: str) -> None:
         stats["uneven_generation_tokens"] = float(len(gen.completion_ids[0]))
     if collective.rank == 0:
         torch.save({"adapters": adapters, "stats": stats}, out)
-    torch.distributed.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

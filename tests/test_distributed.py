@@ -78,15 +78,19 @@ def test_attacker_turns_are_spread_over_processes():
     assert sum(revised) == 64 and max(revised) - min(revised) <= 2, revised
 
 
-def spawn_two(worker_fn, tmp_path) -> dict:
-    """Run ``worker_fn(rank, port, out)`` on 2 gloo processes; what rank 0 saved to ``out``."""
+def free_port() -> int:
+    """A TCP port nothing listens on, for a rendezvous on this machine."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def spawn_two(worker_fn, tmp_path) -> dict:
+    """Run ``worker_fn(rank, port, out)`` on 2 gloo processes; what rank 0 saved to ``out``."""
     out = tmp_path / "rank0.pt"
-    torch.multiprocessing.spawn(worker_fn, args=(port, str(out)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(worker_fn, args=(free_port(), str(out)), nprocs=2, join=True)
     return torch.load(out, weights_only=True)
 
 
@@ -243,11 +247,7 @@ def test_two_nodes_launched_as_documented_equal_one_process(tmp_path, one_proces
     """docs/strategies.md's multi-node command, with 2 "nodes" of 1 process each on this machine: two torchrun
     launchers (node ranks 0 and 1) rendezvous at one address, Lightning reads the node rank from torchrun's
     environment (trainer.num_nodes 2), and the run is the 1-process run."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port, ABSPO,
                                "fit", "--config", "configs/tiny.yaml", "--trainer.strategy", "ddp",
