@@ -43,7 +43,7 @@ from abspo.game import GameConfig, defender_prompt
 from abspo.judges.base import Judge, Verdict
 from abspo.models import BaseModel, architecture_config, load_tokenizer
 from abspo.module import SelfPlayModule
-from abspo.planner import Architecture, PlanInputs, plan_memory
+from abspo.planner import Architecture, MemoryPlan, PlanInputs, plan_memory
 from abspo.timing import synchronize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: benchmarks/ beside tools/
@@ -126,24 +126,24 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
             "updated": sorted(k for k in stats if k.endswith("/grad_norm"))}
 
 
-def planned_gib(name: str, tokenizer, games: int, new_tokens: int, micro_batch: int, rank: int,
-                judge_params: float) -> float:
+def gpu_plan(name: str, tokenizer, games: int, new_tokens: int, micro_batch: int, rank: int, judge_params: float,
+             device_gib: float | None = None) -> MemoryPlan:
+    """abspo's memory plan of the check's step for base ``name`` (on a device of ``device_gib``, if known)."""
     config = architecture_config(name)
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     inputs = PlanInputs(arch=Architecture.from_hf_config(config), base_dtype="bfloat16", lora_ranks=[rank, rank],
                         games=games, new_tokens_attacker=new_tokens, new_tokens_defender=new_tokens,
-                        micro_batch_size=micro_batch, judge_params=judge_params)
-    return plan_memory(inputs).peak_bytes / GIB
+                        micro_batch_size=micro_batch, judge_params=judge_params, device_memory_gib=device_gib)
+    return plan_memory(inputs)
 
 
 def fitting_micro_batch(name: str, tokenizer, games: int, new_tokens: int, rank: int, judge_params: float,
-                        device_gib: float | None, headroom: float = 0.9) -> int:
-    """The largest micro-batch of 8, 4, 2, 1 whose planned peak fits ``headroom`` of the device (1 if none does;
-    the largest when the device's memory is unknown). An H100 holds the 7B step at 4 and the 14B one at 2 only."""
-    if device_gib is None:
-        return 8
+                        device_gib: float | None) -> int:
+    """The largest micro-batch of 8, 4, 2, 1 whose plan fits the device (``MemoryPlan.fits``: 90% of its memory;
+    1 if none does; the largest when the device's memory is unknown). An H100 holds the 7B step at 4 and the 14B
+    one at 2 only."""
     for micro_batch in (8, 4, 2):
-        if planned_gib(name, tokenizer, games, new_tokens, micro_batch, rank, judge_params) <= device_gib * headroom:
+        if gpu_plan(name, tokenizer, games, new_tokens, micro_batch, rank, judge_params, device_gib).fits is not False:
             return micro_batch
     return 1
 
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         figures = timed_step(module, data.stream.batch(1).seeds, device)
         figures.update(model=name, games=games, new_tokens=new_tokens, micro_batch=micro_batch, rank=args.rank,
                        build_s=built, judge_params=judge_params,
-                       planned_gib=planned_gib(name, tokenizer, games, new_tokens, micro_batch, args.rank,
-                                               judge_params))
+                       planned_gib=gpu_plan(name, tokenizer, games, new_tokens, micro_batch, args.rank,
+                                            judge_params).peak_bytes / GIB)
         rows.append(figures)
         _write(args.json, rows)
         print(f"{name}: step {figures['step_s']:.1f} s (rollouts {figures['rollouts_s']:.1f}, judge "

@@ -308,7 +308,10 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
     algorithm = {**AlgorithmConfig().__dict__, **(model.get("algorithm") or {})}
     strategy = trainer.get("strategy") or "auto"
     strategy = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
-    devices = overrides.get("devices") or config_devices(trainer.get("devices", 1))
+    # --devices counts every device of every node; trainer.devices is per node
+    devices = overrides.get("devices") or config_devices(trainer.get("devices", 1)) * count(
+        trainer.get("num_nodes", 1) or 1, "trainer.num_nodes")
+    group = count(algorithm["group_size"], "model.algorithm.group_size")
     judge = model.get("judge") or {}
     judge_name = str(judge.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(judge, dict) else ""
     values = dict(
@@ -316,12 +319,10 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         base_dtype=base["dtype"],
         lora_ranks=[count((spec or {}).get("r", 16), f"model.bank.adapters.{name}.r") for name, spec in adapters.items()],
         mode=str(model.get("mode") or "bipolicy"),
-        devices=devices if overrides.get("devices") else devices * count(trainer.get("num_nodes", 1) or 1,
-                                                                         "trainer.num_nodes"),
+        devices=devices,
         sharded="ModelParallel" in strategy or "fsdp" in strategy.lower(),
-        games=count(data.get("batch_size", 8), "data.batch_size") * count(algorithm["group_size"],
-                                                                          "model.algorithm.group_size"),
-        group_size=count(algorithm["group_size"], "model.algorithm.group_size"),
+        games=count(data.get("batch_size", 8), "data.batch_size") * group,
+        group_size=group,
         new_tokens_attacker=count(game["max_new_tokens_attacker"], "model.game.max_new_tokens_attacker"),
         new_tokens_defender=count(game["max_new_tokens_defender"], "model.game.max_new_tokens_defender"),
         micro_batch_size=count(algorithm["micro_batch_size"], "model.algorithm.micro_batch_size"),
