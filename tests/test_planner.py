@@ -40,8 +40,11 @@ def test_plan_arithmetic_by_hand():
     assert plan.phases["rollouts"]["KV cache"] == 2 * 2 * 4 * 2 * 17 * 4
     lora = 2 * 2 * (2 * (8 + 8) + 2 * (8 + 4) + 2 * (8 + 16) + (16 + 8))  # layers x r x sum(in + out)
     assert plan.persistent["LoRA weights (fp32)"] == lora * 4 and plan.persistent["AdamW moments (fp32)"] == lora * 8
-    # 14 completion positions: bf16 logits + their gradient, and one float32 chunk (all 14 rows) x 3
-    assert plan.phases["update"]["completion logits"] == 14 * 100 * 2 * 2 + 14 * 100 * 4 * 3
+    # 14 completion positions, scored in the head: one chunk (all 14 rows) of bf16 logits + 3 float32 tensors
+    assert plan.phases["update"]["completion logits"] == 14 * 100 * (2 + 4 * 3)
+    # scored from the model's logits: bf16 logits + their gradient, and one float32 chunk (all 14 rows) x 3
+    plain = plan_memory(replace(p, arch=replace(TOY, fused_head=False)))
+    assert plain.phases["update"]["completion logits"] == 14 * 100 * 2 * 2 + 14 * 100 * 4 * 3
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from abspo.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.rollout import KeyedGumbelSampler, build_scoring_batch, completion_logprobs, generate, hash32, keyed_uniform
+from tests.conftest import perturb
 
 PROMPTS = ["Hello there, how", "A much longer prompt about the weather today and tomorrow", "Hi"]
 
@@ -118,36 +120,6 @@ def test_keyed_samples_do_not_depend_on_the_batch_they_are_drawn_in(tiny_base):
     assert other != alone, "other keys, other samples"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 9)])
-def test_token_logprobs_match_the_plain_formula_in_value_entropy_and_gradient(monkeypatch, dtype, temperature, shape):
-    """The chunked log-softmax equals ``log_softmax(logits.float() / T)[token]`` with its gradient, whatever the
-    chunking (a chunk size that does not divide the rows, and one larger than them)."""
-    from abspo import rollout
-
-    vocab = 37
-    torch.manual_seed(sum(shape))
-    raw = (torch.randn(*shape, vocab) * 4).to(dtype)
-    tokens = torch.randint(0, vocab, shape)
-    weights = torch.randn(shape)  # a loss that weighs positions differently, so the gradient is not symmetric
-    plain_in = raw.clone().requires_grad_(True)
-    x = plain_in.float() / temperature
-    plain_logp = x.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    plain_entropy = -(x.softmax(-1) * x.log_softmax(-1)).sum(-1)
-    (plain_logp * weights).sum().backward()
-    for chunk in (2, 1000):
-        monkeypatch.setattr(rollout, "ROWS_PER_CHUNK", chunk)
-        mine_in = raw.clone().requires_grad_(True)
-        logp, entropy = rollout.token_logprobs(mine_in, tokens, temperature)
-        (logp * weights).sum().backward()
-        assert logp.dtype == torch.float32 and logp.shape == shape
-        torch.testing.assert_close(logp, plain_logp.detach(), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(entropy, plain_entropy.detach(), atol=1e-4, rtol=1e-5)
-        tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the gradient is rounded to the logits' dtype
-        torch.testing.assert_close(mine_in.grad.float(), plain_in.grad.float(), atol=tol, rtol=tol)
-
-
 # -- decoding speed-ups: a static KV cache and compiled decoding change no token ----------------------------------
 
 
@@ -215,3 +187,103 @@ def test_compiled_decoding_needs_a_static_cache_and_a_known_backend():
     with pytest.raises(ConfigError, match=r"model\.rollout\.hf\.compile_backend: .*'inductr'.*Fix: use one of .*inductor"):
         DecodingConfig(cache="static", compile=True, compile_backend="inductr").validate()
     DecodingConfig(cache="static", compile=True, compile_backend="aot_eager").validate()
+
+
+# -- scoring inside the LM head: the same log-probs and gradients as from the model's logits ----------------------
+
+TINY_SHAPES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+
+
+def _tiny_causal_lm(model_type: str, tied: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    extra = {"head_dim": 8} if model_type == "qwen3" else {}
+    config = AutoConfig.for_model(model_type, tie_word_embeddings=tied, **TINY_SHAPES, **extra)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _ragged_batch(seed: int):
+    """Prompts and completions of uneven lengths (one completion a single token), so rows pad differently."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 2, 9)]
+    completions = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (3, 7, 1)]
+    return build_scoring_batch(prompts, completions, pad_id=0)
+
+
+def _assert_grads_close(got: list, want: list, rel: float) -> None:
+    """Each gradient within ``rel`` of the other's norm (element tolerances fail on entries near zero)."""
+    for g, w in zip(got, want, strict=True):
+        diff, norm = (g.float() - w.float()).norm().item(), w.float().norm().item()
+        assert diff <= rel * norm, f"gradient off by {diff:.2e} (norm {norm:.2e})"
+
+
+def _scored(model, params, batch, fused: bool, temperature: float):
+    for p in params:
+        p.grad = None
+    logp, entropy = completion_logprobs(model, batch, with_entropy=True, temperature=temperature, fused=fused)
+    weights = torch.linspace(-1.0, 2.0, logp.numel()).view_as(logp)  # positions weighted unevenly
+    (logp * weights).sum().backward()
+    return logp.detach(), entropy, [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("model_type, tied", [("llama", True), ("mistral", False), ("qwen2", False), ("qwen3", True)])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_log_probs_computed_in_the_head_equal_those_from_the_logits(model_type, tied, autocast):
+    """For every architecture on the fused list, through a LoRA bank (a role's adapters get the gradient) and as a
+    fully trained model (the head, tied to the embeddings or not, gets it too): the same log-probs, entropies and
+    gradients as the plain path. In float64 (both paths take the log-softmax in float32, so they agree to its
+    rounding; in float32 the smallest gradients differ by 1e-3 of their norm through cancellation) and with a bf16
+    base under autocast."""
+    from abspo.rollout import fused_head
+
+    base = _tiny_causal_lm(model_type, tied).to(torch.bfloat16 if autocast else torch.float64)
+    assert fused_head(base) is base.get_output_embeddings()
+    batch = _ragged_batch(1)
+    temperature = 0.7
+    tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-6, rtol=1e-6)
+    rel = 2e-2 if autocast else 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        plain = _scored(base, list(base.parameters()), batch, False, temperature)
+        fused = _scored(base, list(base.parameters()), batch, True, temperature)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(fused[0], plain[0], **tol)
+    torch.testing.assert_close(fused[1][mask], plain[1][mask], **tol)
+    assert (fused[0][~mask] == 0).all() and (fused[1][~mask] == 0).all()
+    head_grad = base.get_output_embeddings().weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0, "the trained head gets its gradient"
+    _assert_grads_close(fused[2], plain[2], rel)
+
+    bank = AdapterBank(base, BankSpec(adapters={"attacker": LoraSpec(r=4), "defender": LoraSpec(r=4)}))
+    adapter = bank.adapter_parameters("attacker")
+    perturb(adapter, seed=3)
+    if not autocast:
+        for p in adapter:
+            p.data = p.data.double()
+    with bank.role("attacker") as model, bank.update_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                             enabled=autocast):
+        plain = _scored(model, adapter, batch, False, temperature)
+        fused = _scored(model, adapter, batch, True, temperature)
+    assert fused_head(bank.model) is not None
+    torch.testing.assert_close(fused[0], plain[0], **tol)
+    _assert_grads_close(fused[2], plain[2], rel)
+
+
+def test_an_architecture_off_the_fused_list_scores_from_its_own_logits():
+    """Gemma 2 soft-caps its logits after the head: scoring must see the capped logits, so it takes the plain path,
+    and its log-probs are those of the capped distribution."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from abspo.rollout import fused_head
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("gemma2", final_logit_softcapping=0.5, head_dim=8, **TINY_SHAPES)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert fused_head(model) is None
+    batch = _ragged_batch(2)
+    logp, _ = completion_logprobs(model, batch)
+    row = batch.input_ids[0][batch.attention_mask[0].bool()]  # row 0 unpadded: a prompt of 5, a completion of 3
+    capped = model(input_ids=row[None]).logits[0, 4].log_softmax(-1)  # the position before the completion
+    torch.testing.assert_close(logp[0, 0], capped[batch.completion_ids[0, 0]], atol=1e-5, rtol=0)
+    assert logp[0, 0].exp() > 1 / 300 * 0.5 and capped.exp().max() < 0.01, "a softcap of 0.5 flattens everything"

@@ -18,9 +18,10 @@ the largest phase):
   re-gathering every layer for every token).
 - **update**: for one micro-batch, the activations saved for backward (per token and layer, see
   :func:`activation_bytes_per_token_layer`; with activation checkpointing only each layer's input plus one
-  layer's activations), the completion logits in the model's dtype and their gradient (the log-softmax works
-  through float32 chunks of 256 positions, :class:`abspo.rollout.TokenLogprobs`), and under
-  FSDP two gathered layers (the current one and the prefetched next).
+  layer's activations), the completion logits (for the architectures whose head computes log-probs in place,
+  one chunk of rows at a time, :class:`abspo.logprobs.HeadTokenLogprobs`; for others the model-dtype logits and
+  their gradient, :class:`abspo.logprobs.TokenLogprobs`), and under FSDP two gathered layers (the current one
+  and the prefetched next).
 - **judge** (a colocated judge model): the KV cache of its queries for this device's games.
 - **runtime**: the framework's own memory (CUDA context and allocator slack on a GPU; the Python + torch
   process on a CPU), a constant you can set.
@@ -38,7 +39,7 @@ import re
 from dataclasses import dataclass, field
 
 from abspo.errors import ConfigError
-from abspo.rollout import ROWS_PER_CHUNK
+from abspo.logprobs import FUSED_HEAD_MODEL_TYPES, ROWS_PER_CHUNK, head_chunk_rows
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -59,13 +60,17 @@ class Architecture:
     tied_embeddings: bool
     qkv_bias: bool = True
     """Qwen2 has q/k/v biases; Llama-style models (SmolLM2) do not."""
+    fused_head: bool = True
+    """Scoring computes log-probs inside the LM head, in chunks, so no [tokens, vocab] logits exist
+    (:data:`abspo.logprobs.FUSED_HEAD_MODEL_TYPES`); otherwise the model's logits and their gradient do."""
 
     @classmethod
     def from_hf_config(cls, config) -> Architecture:
         return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
                    config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
                    config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)),
-                   qkv_bias=getattr(config, "model_type", "") == "qwen2")
+                   qkv_bias=getattr(config, "model_type", "") == "qwen2",
+                   fused_head=getattr(config, "model_type", "") in FUSED_HEAD_MODEL_TYPES)
 
     @property
     def head_dim(self) -> int:
@@ -267,12 +272,13 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     else:
         activations = tokens * a.layers * per_layer
     completion = rows * max(p.new_tokens_attacker, p.new_tokens_defender)
-    update = {
-        "activations": activations,
-        # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
-        # (abspo.rollout.TokenLogprobs: log-softmax, softmax, gradient)
-        "completion logits": completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3,
-    }
+    if a.fused_head:  # one chunk of rows at a time (abspo.logprobs.HeadTokenLogprobs): its logits in the model
+        # dtype, then float32 logits, softmax and gradient
+        logits = min(completion, head_chunk_rows(a.vocab)) * a.vocab * (compute + 4 * 3)
+    else:  # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
+        # (abspo.logprobs.TokenLogprobs: log-softmax, softmax, gradient)
+        logits = completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3
+    update = {"activations": activations, "completion logits": logits}
     if p.sharded:
         update["gathered layers (2)"] = 2 * a.layer_params() * b
         # FSDP2's root (embeddings, final norm, an untied LM head) stays gathered from a forward to its backward

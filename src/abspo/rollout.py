@@ -1,9 +1,10 @@
 """Batched generation and sequence log-probabilities with Hugging Face models.
 
 Generation left-pads prompts so every row continues at the right edge. For scoring, each sample becomes
-``[left pad | prompt | completion | right pad]``: prompts end at one column, so the completion logits are
+``[left pad | prompt | completion | right pad]``: prompts end at one column, so the completion positions are
 one contiguous slice and the LM head runs only on it (``logits_to_keep``), which matters with 50k-150k
-token vocabularies.
+token vocabularies. For Llama, Mistral and Qwen models the head goes further: it computes the log-probs of the
+real completion tokens itself, in chunks, so that no [B, T, vocab] logits exist (:func:`completion_logprobs`).
 
 Sampling and scoring use one distribution. ``generate`` runs with a clean generation config built from its
 arguments alone: a model's own ``generation_config`` (Qwen2.5-Instruct ships ``repetition_penalty`` 1.05,
@@ -38,10 +39,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from abspo.errors import ConfigError
+from abspo.logprobs import FUSED_HEAD_MODEL_TYPES, check_temperature, head_token_logprobs, token_logprobs
 
 
 @dataclass
@@ -287,79 +289,67 @@ def _completion_outputs(model, batch: ScoringBatch) -> Tensor:
     return out.logits[:, :-1, :]
 
 
-def _check_temperature(temperature: float) -> None:
-    if temperature <= 0:
-        raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
-
-
 def completion_logits(model, batch: ScoringBatch, temperature: float = 1.0) -> Tensor:
     """[B, T, V] float32 logits / temperature at the completion positions (position j predicts token j): the
     distribution ``generate`` samples from at that temperature, before its softmax. (Materialises the whole
     float32 tensor: for analysis; the update uses :func:`completion_logprobs`.)"""
-    _check_temperature(temperature)
+    check_temperature(temperature)
     logits = _completion_outputs(model, batch).float()
     return logits / temperature if temperature != 1.0 else logits
 
 
-ROWS_PER_CHUNK = 256
-"""Positions whose float32 vocabulary row exists at once in :class:`TokenLogprobs` (256 x 152k x 4 B = 156 MB at
-Qwen2.5's vocabulary, where the whole [B, T, V] float32 tensor of one micro-batch is several GB)."""
+def fused_head(model) -> nn.Linear | None:
+    """The LM head that :func:`completion_logprobs` can compute log-probs in: a plain ``nn.Linear`` (not one
+    with a LoRA adapter) of a :data:`FUSED_HEAD_MODEL_TYPES` architecture; None for any other model."""
+    hf = _hf_model(model)
+    if getattr(getattr(hf, "config", None), "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+        return None
+    head = hf.get_output_embeddings()
+    return head if type(head) is nn.Linear else None
 
 
-class TokenLogprobs(torch.autograd.Function):
-    """log softmax(logits / T)[token] and the entropy of softmax(logits / T), per position, without a float32 copy
-    of the [N, V] logits.
-
-    The plain formula (``logits.float() / T``, ``logsumexp``, ``gather``) keeps float32 [N, V] tensors alive for
-    backward beside the model's own logits; this works through the rows in chunks of :data:`ROWS_PER_CHUNK`,
-    saves only the logits (which the model's output holds anyway) and the float32 log-normaliser [N], and
-    recomputes each chunk's softmax in backward: ``d logp / d logits = (onehot - softmax) / T``. The entropy is
-    computed in the same chunks and carries no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float):
-        n = logits.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
-        entropy = torch.empty_like(lse)
-        for lo in range(0, n, ROWS_PER_CHUNK):
-            x = logits[lo:lo + ROWS_PER_CHUNK].float() / temperature
-            chunk_lse = torch.logsumexp(x, dim=-1)
-            lse[lo:lo + ROWS_PER_CHUNK] = chunk_lse
-            entropy[lo:lo + ROWS_PER_CHUNK] = chunk_lse - (torch.softmax(x, dim=-1) * x).sum(-1)
-        picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float() / temperature
-        ctx.save_for_backward(logits, tokens, lse)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
-        return picked - lse, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_entropy: Tensor):
-        logits, tokens, lse = ctx.saved_tensors
-        t = ctx.temperature
-        grad = torch.empty_like(logits)
-        for lo in range(0, logits.shape[0], ROWS_PER_CHUNK):
-            hi = lo + ROWS_PER_CHUNK
-            g = grad_logp[lo:hi].float().unsqueeze(-1) / t
-            chunk = -torch.exp(logits[lo:hi].float() / t - lse[lo:hi].unsqueeze(-1)) * g
-            chunk.scatter_add_(-1, tokens[lo:hi].unsqueeze(-1), g)
-            grad[lo:hi] = chunk.to(grad.dtype)
-        return grad, None, None
+@contextmanager
+def _head_computes(head: nn.Linear, forward) -> Iterator[None]:
+    """``head`` runs ``forward`` instead of its own for the duration; its hooks (FSDP2's) still run around it."""
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(log-prob of ``tokens``, entropy) [...] under ``softmax(logits / temperature)`` for logits [..., V], in
-    float32, chunked (:class:`TokenLogprobs`)."""
-    _check_temperature(temperature)
-    shape = tokens.shape
-    logp, entropy = TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), temperature)
-    return logp.view(shape), entropy.view(shape)
+def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False, temperature: float = 1.0,
+                        fused: bool | None = None) -> tuple[Tensor, Tensor | None]:
+    """Per-token log pi_T(completion token) [B, T] (float32, 0 past each completion) under ``softmax(logits /
+    temperature)``, the distribution ``generate`` samples from at that temperature; optionally the per-token
+    entropy of it (0 past each completion too).
 
+    Where the model has a :func:`fused_head` (``fused=None``, the default; ``False`` forces the plain path), the
+    head itself computes the log-probs of the real completion tokens from its input
+    (:func:`abspo.logprobs.head_token_logprobs`), so neither the [B, T, V] logits nor their gradient exist, and
+    padding rows cost nothing. It runs inside the model's own forward, so FSDP2's hooks on the model see the
+    result as its output, and gradients reach a trained (or tied) head's weight as they would through the
+    ``nn.Linear``. Otherwise the log-probs come from the logits (:func:`abspo.logprobs.token_logprobs`)."""
+    check_temperature(temperature)
+    head = fused_head(model) if fused is not False else None
+    mask = batch.completion_mask
+    if head is None:
+        logp, entropy = token_logprobs(_completion_outputs(model, batch), batch.completion_ids, temperature)
+        return logp * mask, (entropy * mask if with_entropy else None)
+    b, t = mask.shape
+    rows = mask.reshape(-1).nonzero().squeeze(-1)
+    if rows.numel() == 0:  # score one (masked) row anyway, so that a backward still runs through the model
+        rows = rows.new_zeros(1)
 
-def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False,
-                        temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
-    """Per-token log pi_T(completion token) [B, T] (float32) under ``softmax(logits / temperature)``, the
-    distribution ``generate`` samples from at that temperature; optionally the per-token entropy of it."""
-    _check_temperature(temperature)
-    logp, entropy = token_logprobs(_completion_outputs(model, batch), batch.completion_ids, temperature)
-    return logp * batch.completion_mask, entropy if with_entropy else None
+    def scores(hidden: Tensor) -> Tensor:  # [B, T + 1, H]: the head's input at the completion positions
+        h = hidden[:, :-1].reshape(b * t, hidden.shape[-1]).index_select(0, rows)
+        tokens = batch.completion_ids.reshape(-1).index_select(0, rows)
+        logp, entropy = head_token_logprobs(h, head, tokens, temperature)
+        out = torch.zeros(b * t, 2, dtype=torch.float32, device=hidden.device)
+        return out.index_put((rows,), torch.stack([logp, entropy], -1)).view(b, t, 2)
+
+    with _head_computes(head, scores):
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, logits_to_keep=t + 1, use_cache=False).logits
+    out = out * mask.unsqueeze(-1)
+    return out[..., 0], (out[..., 1] if with_entropy else None)
