@@ -194,6 +194,26 @@ def test_shared_adapter_update_mixes_roles_of_unequal_lengths_in_one_micro_batch
     assert set(stats) >= {"attacker/kl", "defender/kl"}, "each role keeps its own KL figure on a shared adapter"
 
 
+def test_a_micro_batch_holds_one_roles_rows_longest_first(judge):
+    """A micro-batch pads to its longest prompt plus its longest completion: a shared adapter's micro-batches hold
+    one role each (a defender's long prompt never pads an attacker's long rewrite), rows sorted longest first,
+    the largest micro-batch first."""
+    module = make(judge, algorithm=AlgorithmConfig(micro_batch_size=2))
+    # (prompt, completion) lengths: totals interleave across the roles
+    rows = {0: ("defender", 30, 2), 1: ("attacker", 10, 25), 2: ("defender", 28, 1), 3: ("attacker", 8, 24),
+            4: ("defender", 20, 3), 5: ("attacker", 9, 2)}
+    prompts = [[5] * p for _, p, _ in rows.values()]
+    completions = [[6] * c for _, _, c in rows.values()]
+    roles = [r for r, _, _ in rows.values()]
+    apart = module._micro_batch_rows(prompts, completions, roles)
+    assert apart == [[1, 3], [0, 2], [4], [5]]
+    padded = lambda chunks: sum(len(c) * (max(len(prompts[i]) for i in c) + max(len(completions[i]) for i in c))  # noqa: E731
+                                for c in chunks)
+    together = module._micro_batch_rows(prompts, completions)
+    assert together == [[1, 0], [3, 2], [4, 5]], "without roles: by length only"
+    assert (padded(apart), padded(together)) == (168, 260)
+
+
 def test_update_epochs_step_once_per_pass_and_the_clip_acts(judge):
     exchanges = None
     params = {}

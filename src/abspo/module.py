@@ -457,20 +457,31 @@ class SelfPlayModule(L.LightningModule):
                 export=lambda adapter, folder: self.bank.export(first_role[adapter], folder))
         return self._engine
 
-    def _micro_batches(self, rows: int) -> int:
-        """Micro-batches to run for ``rows`` rows: sharded, the most any process needs (FSDP2 forwards are
-        collectives, so every process runs as many; the extra ones are throw-away work)."""
-        n = -(-rows // self.algorithm.micro_batch_size)
-        return int(self.collective.max(torch.tensor(n))) if self._sharded else n
+    def _micro_batches(self, chunks: int) -> int:
+        """Micro-batches to run when this process has ``chunks``: sharded, the most any process has (FSDP2
+        forwards are collectives, so every process runs as many; the extra ones are throw-away work)."""
+        return int(self.collective.max(torch.tensor(chunks))) if self._sharded else chunks
 
-    def _micro_batch_rows(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[int]]:
+    def _micro_batch_rows(self, prompts: list[list[int]], completions: list[list[int]],
+                          roles: list[str] | None = None) -> list[list[int]]:
         """The row indices of each micro-batch: rows sorted by length, longest first (a micro-batch pads to its
-        longest row, so similar lengths waste the least; the largest one runs first, so an out-of-memory shows at
-        once), cut into ``micro_batch_size``. Sharded, empty lists follow up to the count every process runs."""
-        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
+        longest row, so similar lengths waste the least), cut into ``micro_batch_size``, the largest micro-batch
+        first (an out-of-memory shows at once). With ``roles`` (an adapter that plays several), a micro-batch
+        holds one role's rows: it pads to its longest prompt *plus* its longest completion, and a defender's long
+        prompt beside an attacker's long rewrite pads to both. So a shared adapter's pass runs the very
+        micro-batches that bipolicy's two updates run (on SmolLM2's first batch, the largest one had 1,624
+        padded tokens mixed, 1,085 apart). Sharded, empty lists follow up to the count every process runs."""
         mb = self.algorithm.micro_batch_size
-        chunks = [order[lo:lo + mb] for lo in range(0, len(order), mb)]
-        return chunks + [[] for _ in range(self._micro_batches(len(order)) - len(chunks))]
+        roles = roles or [None] * len(prompts)
+        length = [len(p) + len(c) for p, c in zip(prompts, completions)]
+        chunks = []
+        for role in dict.fromkeys(roles):
+            order = sorted((i for i in range(len(prompts)) if roles[i] == role), key=lambda i: -length[i])
+            chunks += [order[lo:lo + mb] for lo in range(0, len(order), mb)]
+        padded = lambda rows: len(rows) * (max(len(prompts[i]) for i in rows)  # noqa: E731
+                                           + max(len(completions[i]) for i in rows))
+        chunks.sort(key=padded, reverse=True)
+        return chunks + [[] for _ in range(self._micro_batches(len(chunks)) - len(chunks))]
 
     def _no_grad(self):
         """``inference_mode`` for passes whose outputs never enter a gradient (cheaper than ``no_grad``); plain
@@ -656,7 +667,7 @@ class SelfPlayModule(L.LightningModule):
         grad_scale = collective.world_size if self._sharded else 1  # FSDP2 averages over processes (sharding.py)
         with self.clock("update/gradient"), self.bank.role(roles[0]), self.bank.update_mode():
             # (every role in the update routes to `adapter`)
-            for rows in self._micro_batch_rows(rollout.prompts, rollout.completions):
+            for rows in self._micro_batch_rows(rollout.prompts, rollout.completions, rollout.roles):
                 if not rows:  # sharded, this process is out of rows: a zero-weighted pass
                     logp, _ = completion_logprobs(self.bank.model, self._dummy_scoring_batch(),
                                                   temperature=self.game.temperature)
