@@ -14,8 +14,9 @@ Steps alternate: TRL's step k, then (inside TRL's ``on_step_end`` callback) absp
 processes hits both alike; the first step of each is a warm-up and is not counted. Each phase is timed (abspo: its
 own :class:`abspo.timing.PhaseClock`; TRL: its methods wrapped), with the CPU cores other processes kept busy.
 Printed: medians per phase, completion tokens trained per second and the ratio abspo / TRL, rollout seconds per
-decoding step against a bare ``generate`` of the same batch, and (``--memory``, separate processes) the peak RSS
-of a whole ABS step per ``model.mode``. Everything also goes to ``--json``.
+decoding step against a bare ``generate`` of the same batch, and (``--memory``, separate processes) the peak memory
+of two whole ABS steps per ``model.mode``: of tensors (:func:`abspo.timing.tensor_peak`, what a GPU's peak memory
+means) and of the process (RSS). Everything also goes to ``--json`` (``--memory-only`` updates its memory part).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from abspo.game import Exchange, GameConfig, defender_prompt, read_defender_turn
 from abspo.models import BaseModel, load_base
 from abspo.module import SelfPlayModule
 from abspo.rollout import sampling_config
-from abspo.timing import measured
+from abspo.timing import measured, tensor_peak
 
 LR = 1e-4
 PHASES = ("rollout", "judge", "no_grad_passes", "gradient_pass", "optimizer")
@@ -260,38 +261,52 @@ def print_table(dtype: str, result: dict, ratios: dict, args) -> None:
 
 
 def memory_child(mode: str, args) -> None:
-    """Two whole ABS steps (attacker and defender turns and updates) in mode ``mode``; prints the peak RSS."""
-    game = GameConfig(max_new_tokens_attacker=args.new_tokens, max_new_tokens_defender=args.new_tokens)
-    algorithm = AlgorithmConfig(micro_batch_size=args.micro_batch, activation_checkpointing=args.checkpointing)
-    module = SelfPlayModule(base=BaseModel(dtype=args.memory_dtype), game=game, mode=mode, algorithm=algorithm)
-    data = SeedDataModule(batch_size=8)
-    data.setup()
-    for index in range(2):
-        module.learn(module.play(data.stream.batch(index).seeds, batch_index=index), index)
-    print(json.dumps({"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    """Two whole ABS steps (attacker and defender turns and updates) in mode ``mode``; prints the peak RSS of the
+    process, or with ``--memory-measure tensors`` the peak of tensor memory from before the model is built."""
+    def steps():
+        game = GameConfig(max_new_tokens_attacker=args.new_tokens, max_new_tokens_defender=args.new_tokens)
+        algorithm = AlgorithmConfig(micro_batch_size=args.micro_batch, activation_checkpointing=args.checkpointing)
+        module = SelfPlayModule(base=BaseModel(dtype=args.memory_dtype), game=game, mode=mode, algorithm=algorithm)
+        data = SeedDataModule(batch_size=8)
+        data.setup()
+        for index in range(2):
+            module.learn(module.play(data.stream.batch(index).seeds, batch_index=index), index)
+
+    if args.memory_measure == "tensors":
+        with tensor_peak() as peak:
+            steps()
+        print(json.dumps({"mode": mode, "peak_mib": peak.peak_mib}))
+    else:
+        steps()
+        print(json.dumps({"mode": mode, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def memory(args) -> dict:
-    """Peak RSS of bipolicy and shared_full (medians of ``--memory-repeats`` processes each), with and without
-    activation checkpointing. Peak RSS does not depend on the CPU load, so this part may run beside other work."""
+    """Per ``model.mode``, with and without activation checkpointing: the peak of tensor memory (one process:
+    it is deterministic) and the peak RSS (medians of ``--memory-repeats`` processes). Neither depends on the CPU
+    load, so this part may run beside other work."""
+    def child(mode: str, checkpointing: bool, measure: str) -> float:
+        cmd = [sys.executable, __file__, "--memory-child", mode, "--memory-measure", measure,
+               "--micro-batch", str(args.micro_batch), "--new-tokens", str(args.new_tokens),
+               "--memory-dtype", args.memory_dtype, *(["--checkpointing"] if checkpointing else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
+
     out = {}
     for checkpointing in (False, True):
         row = {}
         for mode in ("bipolicy", "shared_full"):
-            peaks = []
-            for _ in range(args.memory_repeats):
-                cmd = [sys.executable, __file__, "--memory-child", mode, "--micro-batch", str(args.micro_batch),
-                       "--new-tokens", str(args.new_tokens), "--memory-dtype", args.memory_dtype,
-                       *(["--checkpointing"] if checkpointing else [])]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                peaks.append(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"])
-            row[mode] = statistics.median(peaks)
-            row[f"{mode}_runs"] = peaks
-        row["ratio"] = row["bipolicy"] / row["shared_full"]
+            row[f"{mode}_tensors"] = child(mode, checkpointing, "tensors")
+            row[f"{mode}_rss_runs"] = [child(mode, checkpointing, "rss") for _ in range(args.memory_repeats)]
+            row[f"{mode}_rss"] = statistics.median(row[f"{mode}_rss_runs"])
+        for measure in ("tensors", "rss"):
+            row[f"ratio_{measure}"] = row[f"bipolicy_{measure}"] / row[f"shared_full_{measure}"]
         out["activation_checkpointing" if checkpointing else "plain"] = row
         print(f"\nmemory ({args.memory_dtype}, micro-batch {args.micro_batch}, 2 ABS steps, activation checkpointing "
-              f"{'on' if checkpointing else 'off'}, median of {args.memory_repeats} processes): peak RSS bipolicy "
-              f"{row['bipolicy']:.0f} MiB, shared_full {row['shared_full']:.0f} MiB, ratio {row['ratio']:.2f}")
+              f"{'on' if checkpointing else 'off'}): peak tensor memory bipolicy {row['bipolicy_tensors']:.0f} MiB, "
+              f"shared_full {row['shared_full_tensors']:.0f} MiB, ratio {row['ratio_tensors']:.2f}; peak RSS "
+              f"(median of {args.memory_repeats} processes) {row['bipolicy_rss']:.0f} / {row['shared_full_rss']:.0f} "
+              f"MiB, ratio {row['ratio_rss']:.2f}")
     return out
 
 
@@ -309,6 +324,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="benchmarks/results/bench_update.json")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-measure", choices=["rss", "tensors"], default="rss", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args)
@@ -316,6 +332,8 @@ def main() -> None:
     data = SeedDataModule(batch_size=8)
     data.setup()
     report = {"args": vars(args), "threads": torch.get_num_threads(), "dtypes": {}}
+    if args.memory_only and Path(args.json).exists():  # keep the timed figures of the last full run
+        report = {**json.loads(Path(args.json).read_text()), "memory_args": vars(args)}
     for dtype in [] if args.memory_only else args.dtypes:
         result = run(dtype, args, data.stream)
         ratios = summarize(result)

@@ -9,7 +9,10 @@ run's), then plays and learns two batches (each process on its share of the seed
 the highest RSS reached (``VmHWM``) minus the RSS before the base was loaded (the Python + torch runtime,
 which the planner leaves to ``--runtime-gib``); *loaded* is the same difference right after loading. *planned*
 is ``abspo plan``'s peak for the same config (runtime 0, the prompt length set to the longest prompt actually
-played); error = planned / peak - 1.
+played); error = planned / peak - 1. *tensors* is the peak of tensor memory over the same two batches: what the
+tensors loaded held, plus the peak of what the batches allocated (:func:`abspo.timing.tensor_peak`: what the
+planner counts, without the runtime and the C heap's slack; the loading transient is not the run's either);
+*vs tensors* = planned / tensors - 1.
 
 The RSS is an upper bound of the live tensors: the C allocator keeps freed memory, the base's weight file
 stays memory-mapped, and the loaded process holds more than the model (tokenizer, judge, callbacks), which
@@ -38,15 +41,16 @@ def worker(config: str, out: str) -> None:
 
     from abspo.cli import cli_main
     from abspo.distributed import Collective
-    from abspo.timing import peak_rss_reset, proc_status_bytes
+    from abspo.timing import peak_rss_reset, proc_status_bytes, tensor_peak
 
     if "WORLD_SIZE" in os.environ:
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
     collective = Collective.current()
     before_load = proc_status_bytes("VmRSS")
-    cli = cli_main(["--config", config, "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
-    module, data = cli.model, cli.datamodule
-    data.setup()
+    with tensor_peak() as load:
+        cli = cli_main(["--config", config, "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
+        module, data = cli.model, cli.datamodule
+        data.setup()
     seeds = data.stream.batch(0).seeds
     share = range(len(seeds))[collective.shard(len(seeds))]
 
@@ -58,11 +62,12 @@ def worker(config: str, out: str) -> None:
 
     peak_rss_reset()  # forget the loading peak (weights read twice, memory maps)
     loaded = proc_status_bytes("VmRSS")
-    batch(0)  # the first batch also creates the AdamW moments
-    mine = batch(1)
+    with tensor_peak() as run:
+        batch(0)  # the first batch also creates the AdamW moments
+        mine = batch(1)
     prompts = [len(e.turns[r][0]) for e in mine for r in e.turns]
     result = {"rank": collective.rank, "loaded": loaded - before_load, "peak": proc_status_bytes("VmHWM") - before_load,
-              "max_prompt": max(prompts, default=0)}
+              "tensors": (load.held_mib + run.peak_mib) * 2**20, "max_prompt": max(prompts, default=0)}
     everyone = collective.gather_objects([result])
     if collective.rank == 0:
         Path(out).write_text(json.dumps(everyone))
@@ -90,16 +95,18 @@ def main() -> None:
         return
     from abspo.planner import inputs_from_config, plan_memory
 
-    print(f"{'config':<28}{'procs':>6}{'loaded MiB':>12}{'peak MiB':>10}{'planned MiB':>13}{'error':>8}")
+    print(f"{'config':<28}{'procs':>6}{'loaded MiB':>12}{'peak MiB':>10}{'tensors MiB':>13}{'planned MiB':>13}"
+          f"{'error':>8}{'vs tensors':>12}")
     for config in args.configs:
         for n in args.processes:
             rows = measure(config, n, Path(f"/tmp/abspo-memory-{os.getpid()}.json"))
             prompt = max(r["max_prompt"] for r in rows)
             plan = plan_memory(inputs_from_config([config], devices=n, runtime_gib=0.0, prompt_tokens=prompt,
                                                   judge_params=0.0))
-            loaded, peak = (max(r[k] for r in rows) / 2**20 for k in ("loaded", "peak"))
+            loaded, peak, tensors = (max(r[k] for r in rows) / 2**20 for k in ("loaded", "peak", "tensors"))
             planned = plan.peak_bytes / 2**20
-            print(f"{config:<28}{n:>6}{loaded:>12.0f}{peak:>10.0f}{planned:>13.0f}{planned / peak - 1:>+8.0%}"
+            print(f"{config:<28}{n:>6}{loaded:>12.0f}{peak:>10.0f}{tensors:>13.0f}{planned:>13.0f}"
+                  f"{planned / peak - 1:>+8.0%}{planned / tensors - 1:>+12.0%}"
                   f"   (planned: {plan.persistent_bytes / 2**20:.0f} persistent + {plan.peak_phase} "
                   f"{plan.phase_bytes(plan.peak_phase) / 2**20:.0f}; longest prompt {prompt} tokens)")
 

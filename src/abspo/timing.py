@@ -109,3 +109,37 @@ def measured() -> Iterator[Interval]:
         ticks = os.sysconf("SC_CLK_TCK")
         out.foreign_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / ticks / max(out.seconds, 1e-9)
         out.peak_rss_mib = proc_status_bytes("VmHWM") / 2**20
+
+
+@dataclass
+class TensorPeak:
+    peak_mib: float = 0.0
+    """The most memory that tensors allocated in the interval held at once (the profiler sees no free of an older
+    tensor, so measure from before the work allocates anything, model included)."""
+    held_mib: float = 0.0
+    """What those tensors still held when the interval ended (what a next interval starts from)."""
+    allocations: int = 0
+    """Allocator events recorded (a check that the profiler saw the work)."""
+
+
+@contextmanager
+def tensor_peak() -> Iterator[TensorPeak]:
+    """The peak of tensor memory on the CPU during the block (filled in when it ends): every allocation and free
+    of torch's CPU allocator as its profiler records them (``profile_memory``), summed in time order. It is the
+    CPU counterpart of ``torch.cuda.max_memory_allocated``, the figure a GPU's "peak memory" means and the one
+    ``abspo plan`` predicts. Peak RSS (:func:`measured`) also counts what is not a tensor: the interpreter and
+    libraries (~450 MiB for torch + transformers, the same in every mode) and the pages the C heap keeps after a
+    free. Every op is recorded, which slows the block (~10-20%) and holds the events in memory: for memory runs."""
+    from torch._C._autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    out = TensorPeak()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield out
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    out.peak_mib, out.held_mib, out.allocations = peak / 2**20, live / 2**20, len(events)

@@ -1,0 +1,24 @@
+"""The memory measurements the benchmarks quote: the tensor peak against allocations of known size."""
+
+from __future__ import annotations
+
+import torch
+
+from abspo.timing import tensor_peak
+
+
+def test_tensor_peak_is_the_most_that_tensors_held_at_once():
+    with tensor_peak() as peak:
+        a = torch.zeros(2**20)  # 4 MiB
+        b = torch.zeros(2**20)  # 4 MiB: 8 held at once
+        del a, b
+        c = torch.zeros(3 * 2**19)  # 6 MiB, after the 8 were freed
+        del c
+        kept = torch.zeros(2**18)  # 1 MiB still held at the end
+    assert peak.peak_mib == 8.0 and peak.held_mib == 1.0
+    assert peak.allocations == 7, "4 allocations, 3 frees"
+    del kept
+    with tensor_peak() as peak:
+        x = torch.randn(256, 256, requires_grad=True)  # 256 KiB
+        (x @ x).sum().backward()  # the product, the gradients of both factors, x.grad: 256 KiB each
+    assert 0.75 <= peak.peak_mib <= 1.5, peak
