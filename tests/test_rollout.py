@@ -270,6 +270,27 @@ def test_log_probs_computed_in_the_head_equal_those_from_the_logits(model_type, 
     _assert_grads_close(fused[2], plain[2], rel)
 
 
+def test_a_listed_architecture_with_its_own_forward_scores_from_its_logits():
+    """Remote code can declare ``model_type: llama`` and still change the logits after the head: only transformers'
+    own forward is trusted to end at the head."""
+    from transformers import LlamaForCausalLM
+
+    from abspo.rollout import fused_head
+
+    class Halved(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2
+            return out
+
+    model = Halved(_tiny_causal_lm("llama", tied=True).config).eval()
+    assert fused_head(model) is None
+    batch = _ragged_batch(3)
+    logp, _ = completion_logprobs(model, batch)
+    plain, _ = completion_logprobs(model, batch, fused=False)
+    torch.testing.assert_close(logp, plain, atol=0, rtol=0)
+
+
 def test_an_architecture_off_the_fused_list_scores_from_its_own_logits():
     """Gemma 2 soft-caps its logits after the head: scoring must see the capped logits, so it takes the plain path,
     and its log-probs are those of the capped distribution."""

@@ -40,10 +40,13 @@ def head_chunk_rows(vocab: int) -> int:
     return max(1, HEAD_CHUNK_ELEMENTS // vocab)
 
 
-def _chunk_forward(x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(log-prob of ``tokens``, entropy, log-normaliser) [c] of float32 tempered logits ``x`` [c, V]."""
+def _chunk_forward(x: Tensor, tokens: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(log-prob of ``tokens``, entropy (0 without ``with_entropy``: it costs a softmax), log-normaliser) [c] of
+    float32 tempered logits ``x`` [c, V]."""
     lse = torch.logsumexp(x, dim=-1)
     logp = x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, torch.zeros_like(lse), lse
     entropy = lse - torch.einsum("cv,cv->c", torch.softmax(x, dim=-1), x)  # no [c, V] product
     return logp, entropy, lse
 
@@ -61,13 +64,13 @@ class TokenLogprobs(torch.autograd.Function):
     only the logits (which the model's output holds anyway) and the float32 log-normaliser [N]."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float):
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, with_entropy: bool = True):
         n = logits.shape[0]
         logp, entropy, lse = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
         for lo in range(0, n, ROWS_PER_CHUNK):
             rows = slice(lo, lo + ROWS_PER_CHUNK)
             x = logits[rows].float() / temperature
-            logp[rows], entropy[rows], lse[rows] = _chunk_forward(x, tokens[rows])
+            logp[rows], entropy[rows], lse[rows] = _chunk_forward(x, tokens[rows], with_entropy)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(entropy)
@@ -82,7 +85,7 @@ class TokenLogprobs(torch.autograd.Function):
             rows = slice(lo, lo + ROWS_PER_CHUNK)
             x = logits[rows].float() / t
             grad[rows] = _chunk_logit_grad(x, lse[rows], tokens[rows], grad_logp[rows], t).to(grad.dtype)
-        return grad, None, None
+        return grad, None, None, None
 
 
 def _tempered_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype,
@@ -101,14 +104,14 @@ class HeadTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, tokens: Tensor, temperature: float,
-                compute_dtype: torch.dtype):
+                compute_dtype: torch.dtype, with_entropy: bool = True):
         n, step = hidden.shape[0], head_chunk_rows(weight.shape[0])
         w, b = weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype)
         logp, entropy, lse = (torch.empty(n, dtype=torch.float32, device=hidden.device) for _ in range(3))
         for lo in range(0, n, step):
             rows = slice(lo, lo + step)
             x = _tempered_logits(hidden[rows], w, b, compute_dtype, temperature)
-            logp[rows], entropy[rows], lse[rows] = _chunk_forward(x, tokens[rows])
+            logp[rows], entropy[rows], lse[rows] = _chunk_forward(x, tokens[rows], with_entropy)
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
         ctx.temperature, ctx.compute_dtype = temperature, compute_dtype
         ctx.mark_non_differentiable(entropy)
@@ -130,15 +133,15 @@ class HeadTokenLogprobs(torch.autograd.Function):
                 rows = slice(lo, lo + step)
                 h = hidden[rows].to(cd)
                 x = _tempered_logits(h, w, b, cd, t)
-                grad = _chunk_logit_grad(x, lse[rows], tokens[rows], grad_logp[rows], t).to(cd)
+                grad = _chunk_logit_grad(x, lse[rows], tokens[rows], grad_logp[rows], t)  # float32
                 if need_hidden:
-                    grad_hidden[rows] = (grad @ w).to(hidden.dtype)
-                if need_weight:
-                    grad_weight += grad.t() @ h
+                    grad_hidden[rows] = (grad.to(cd) @ w).to(hidden.dtype)
+                if need_weight:  # in place: no second [V, H] tensor beside the accumulator
+                    grad_weight.addmm_(grad.t(), h.float())
                 if need_bias:
                     grad_bias += grad.sum(0)
         return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None, None)
 
 
 def check_temperature(temperature: float) -> None:
@@ -146,18 +149,20 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"scoring needs a positive temperature, got {temperature} (greedy decoding has no log-probs)")
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(log-prob of ``tokens``, entropy) [...] under ``softmax(logits / temperature)`` for logits [..., V], in
-    float32 (:class:`TokenLogprobs`)."""
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0,
+                   with_entropy: bool = True) -> tuple[Tensor, Tensor]:
+    """(log-prob of ``tokens``, entropy (0 without ``with_entropy``)) [...] under ``softmax(logits / temperature)``
+    for logits [..., V], in float32 (:class:`TokenLogprobs`)."""
     check_temperature(temperature)
     shape = tokens.shape
-    logp, entropy = TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), temperature)
+    logp, entropy = TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), temperature,
+                                        with_entropy)
     return logp.view(shape), entropy.view(shape)
 
 
-def head_token_logprobs(hidden: Tensor, head: torch.nn.Linear, tokens: Tensor,
-                        temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(log-prob of ``tokens``, entropy) [...] under ``softmax(head(hidden) / temperature)`` for hidden states
+def head_token_logprobs(hidden: Tensor, head: torch.nn.Linear, tokens: Tensor, temperature: float = 1.0,
+                        with_entropy: bool = True) -> tuple[Tensor, Tensor]:
+    """(log-prob of ``tokens``, entropy (0 without ``with_entropy``)) [...] under ``softmax(head(hidden) / temperature)`` for hidden states
     [..., H], in float32, without the logits (:class:`HeadTokenLogprobs`). The matmul runs in the autocast dtype
     where autocast is on (as ``head(hidden)`` would), else in the hidden states' dtype."""
     check_temperature(temperature)
@@ -165,5 +170,5 @@ def head_token_logprobs(hidden: Tensor, head: torch.nn.Linear, tokens: Tensor,
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     shape = tokens.shape
     logp, entropy = HeadTokenLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias,
-                                            tokens.reshape(-1), temperature, compute)
+                                            tokens.reshape(-1), temperature, compute, with_entropy)
     return logp.view(shape), entropy.view(shape)

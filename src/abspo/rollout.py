@@ -302,7 +302,11 @@ def fused_head(model) -> nn.Linear | None:
     """The LM head that :func:`completion_logprobs` can compute log-probs in: a plain ``nn.Linear`` (not one
     with a LoRA adapter) of a :data:`FUSED_HEAD_MODEL_TYPES` architecture; None for any other model."""
     hf = _hf_model(model)
-    if getattr(getattr(hf, "config", None), "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    # transformers' own forward (remote code may declare a listed model_type and still post-process its logits;
+    # FSDP2's wrapper class keeps the forward it wraps)
+    forward_module = getattr(type(hf).forward, "__module__", "")
+    if model_type not in FUSED_HEAD_MODEL_TYPES or not forward_module.startswith(f"transformers.models.{model_type}."):
         return None
     head = hf.get_output_embeddings()
     return head if type(head) is nn.Linear else None
@@ -310,12 +314,18 @@ def fused_head(model) -> nn.Linear | None:
 
 @contextmanager
 def _head_computes(head: nn.Linear, forward) -> Iterator[None]:
-    """``head`` runs ``forward`` instead of its own for the duration; its hooks (FSDP2's) still run around it."""
+    """``head`` runs ``forward`` instead of its own for the duration; its hooks (FSDP2's) still run around it.
+    A ``forward`` already set on the instance (accelerate's hooks set one) is put back after."""
+    missing = object()
+    before = head.__dict__.get("forward", missing)
     head.forward = forward
     try:
         yield
     finally:
-        del head.forward
+        if before is missing:
+            del head.forward
+        else:
+            head.forward = before
 
 
 def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False, temperature: float = 1.0,
@@ -334,7 +344,8 @@ def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False, 
     head = fused_head(model) if fused is not False else None
     mask = batch.completion_mask
     if head is None:
-        logp, entropy = token_logprobs(_completion_outputs(model, batch), batch.completion_ids, temperature)
+        logp, entropy = token_logprobs(_completion_outputs(model, batch), batch.completion_ids, temperature,
+                                       with_entropy)
         return logp * mask, (entropy * mask if with_entropy else None)
     b, t = mask.shape
     rows = mask.reshape(-1).nonzero().squeeze(-1)
@@ -344,7 +355,7 @@ def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False, 
     def scores(hidden: Tensor) -> Tensor:  # [B, T + 1, H]: the head's input at the completion positions
         h = hidden[:, :-1].reshape(b * t, hidden.shape[-1]).index_select(0, rows)
         tokens = batch.completion_ids.reshape(-1).index_select(0, rows)
-        logp, entropy = head_token_logprobs(h, head, tokens, temperature)
+        logp, entropy = head_token_logprobs(h, head, tokens, temperature, with_entropy)
         out = torch.zeros(b * t, 2, dtype=torch.float32, device=hidden.device)
         return out.index_put((rows,), torch.stack([logp, entropy], -1)).view(b, t, 2)
 

@@ -114,10 +114,13 @@ def measured() -> Iterator[Interval]:
 @dataclass
 class TensorPeak:
     peak_mib: float = 0.0
-    """The most memory that tensors allocated in the interval held at once (the profiler sees no free of an older
-    tensor, so measure from before the work allocates anything, model included)."""
+    """The most memory tensors held at once during the interval, counted from 0 at its start: allocations add,
+    frees subtract. The profiler sees the frees of tensors allocated before any profiling began as nothing, and
+    those of tensors from an earlier :func:`tensor_peak` block (it keeps their sizes) as negative; so measure from
+    before the work allocates anything (model included), or add an earlier block's :attr:`held_mib`."""
     held_mib: float = 0.0
-    """What those tensors still held when the interval ended (what a next interval starts from)."""
+    """Allocations less frees at the end of the interval (what a next block starts from; negative where the block
+    freed more than it allocated)."""
     allocations: int = 0
     """Allocator events recorded (a check that the profiler saw the work)."""
 
@@ -136,10 +139,11 @@ def tensor_peak() -> Iterator[TensorPeak]:
     out = TensorPeak()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+    # at one timestamp, allocations before frees: the peak is not understated
+    events = sorted((e.start_ns(), -e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
     live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
+    for _, negative in events:
+        live -= negative
         peak = max(peak, live)
     out.peak_mib, out.held_mib, out.allocations = peak / 2**20, live / 2**20, len(events)
