@@ -126,17 +126,21 @@ class TensorPeak:
 
 
 @contextmanager
-def tensor_peak() -> Iterator[TensorPeak]:
+def tensor_peak(enabled: bool = True) -> Iterator[TensorPeak]:
     """The peak of tensor memory on the CPU during the block (filled in when it ends): every allocation and free
     of torch's CPU allocator as its profiler records them (``profile_memory``), summed in time order. It is the
     CPU counterpart of ``torch.cuda.max_memory_allocated``, the figure a GPU's "peak memory" means and the one
     ``abspo plan`` predicts. Peak RSS (:func:`measured`) also counts what is not a tensor: the interpreter and
     libraries (~450 MiB for torch + transformers, the same in every mode) and the pages the C heap keeps after a
-    free. Every op is recorded, which slows the block (~10-20%) and holds the events in memory: for memory runs."""
+    free. Every op is recorded, which slows the block (~10-20%) and holds the records in memory (GBs over a
+SmolLM2 training batch: the RSS of a process measured so is no figure). ``enabled=False`` measures nothing."""
     from torch._C._autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     out = TensorPeak()
+    if not enabled:  # (a caller that measures something else this time)
+        yield out
+        return
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out
     # at one timestamp, allocations before frees: the peak is not understated
