@@ -282,7 +282,8 @@ def build_scoring_batch(prompt_ids: list[list[int]], completion_ids: list[list[i
 
 
 def _completion_outputs(model, batch: ScoringBatch) -> Tensor:
-    """[B, T, V] logits at the completion positions (position j predicts token j), in the model's dtype."""
+    """[B, T, V] logits at the completion positions (position j predicts token j), in the model's dtype; or
+    whatever a replaced head returns at those positions (:func:`completion_logprobs`)."""
     t = batch.completion_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=t + 1, use_cache=False)
@@ -357,10 +358,9 @@ def completion_logprobs(model, batch: ScoringBatch, with_entropy: bool = False, 
         tokens = batch.completion_ids.reshape(-1).index_select(0, rows)
         logp, entropy = head_token_logprobs(h, head, tokens, temperature, with_entropy)
         out = torch.zeros(b * t, 2, dtype=torch.float32, device=hidden.device)
-        return out.index_put((rows,), torch.stack([logp, entropy], -1)).view(b, t, 2)
+        out = out.index_put((rows,), torch.stack([logp, entropy], -1)).view(b, t, 2)
+        return torch.nn.functional.pad(out, (0, 0, 0, 1))  # the last position predicts nothing; dropped below
 
     with _head_computes(head, scores):
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, logits_to_keep=t + 1, use_cache=False).logits
-    out = out * mask.unsqueeze(-1)
+        out = _completion_outputs(model, batch) * mask.unsqueeze(-1)
     return out[..., 0], (out[..., 1] if with_entropy else None)
