@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from abspo.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.cli import main
 from abspo.models import QWEN25_ARCHITECTURES, load_base, meta_model
-from abspo.planner import Architecture, PlanInputs, architecture, inputs_from_config, plan_memory
+from abspo.planner import Architecture, PlanInputs, architecture, inputs_from_config, plan_memory, targets_head
 from tests.conftest import TINY
 
 TOY = Architecture(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, vocab=100, tied_embeddings=True)
@@ -45,6 +46,10 @@ def test_plan_arithmetic_by_hand():
     # scored from the model's logits: bf16 logits + their gradient, and one float32 chunk (all 14 rows) x 3
     plain = plan_memory(replace(p, arch=replace(TOY, fused_head=False)))
     assert plain.phases["update"]["completion logits"] == 14 * 100 * 2 * 2 + 14 * 100 * 4 * 3
+    # a LoRA'd LM head: its r x (hidden + vocab) weights, and the plain path's logits
+    head = plan_memory(replace(p, adapted_head=True))
+    assert head.persistent["LoRA weights (fp32)"] == (lora + 2 * (8 + 100)) * 4
+    assert head.phases["update"]["completion logits"] == plain.phases["update"]["completion logits"]
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
 
 
@@ -86,6 +91,17 @@ def test_inputs_follow_the_training_config():
     assert p.new_tokens_attacker == 512 and p.judge_params > 7e9 and not p.sharded
     assert inputs_from_config(["configs/tiny-ddp.yaml"]).devices == 2
     assert inputs_from_config(["configs/tiny.yaml"], devices=3).devices == 3
+
+
+@pytest.mark.parametrize("targets, adapted", [
+    ("all-linear", False), (["q_proj", "v_proj"], False), (["q_proj", "lm_head"], True),
+    (["model.lm_head"], True), (r".*_proj|lm_head", True), (r".*_proj", False), (["my_lm_head"], False)])
+def test_an_adapter_on_the_lm_head_is_seen_in_the_config(tmp_path, targets, adapted):
+    config = tmp_path / "head.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base": {"name_or_path": "tiny-qwen2"}, "bank": {"adapters": {
+        "attacker": {"r": 4}, "defender": {"r": 4, "target_modules": targets}}}}}))
+    assert targets_head(targets) is adapted
+    assert inputs_from_config([str(config)]).adapted_head is adapted
 
 
 def test_plan_command_prints_the_table(capsys):

@@ -308,3 +308,26 @@ def test_an_architecture_off_the_fused_list_scores_from_its_own_logits():
     capped = model(input_ids=row[None]).logits[0, 4].log_softmax(-1)  # the position before the completion
     torch.testing.assert_close(logp[0, 0], capped[batch.completion_ids[0, 0]], atol=1e-5, rtol=0)
     assert logp[0, 0].exp() > 1 / 300 * 0.5 and capped.exp().max() < 0.01, "a softcap of 0.5 flattens everything"
+
+
+def test_an_adapter_on_the_lm_head_scores_from_the_adapted_logits():
+    """A LoRA'd head is no plain linear layer: scoring takes the model's logits, which include the head's adapter
+    (a fused head would drop it). Every role then takes that path (the head is wrapped for all), as the planner
+    counts it (``tests/test_planner.py``)."""
+    from abspo.rollout import fused_head
+
+    base = _tiny_causal_lm("llama", tied=False).eval()
+    bank = AdapterBank(base, BankSpec(adapters={"attacker": LoraSpec(r=4, target_modules=["q_proj", "lm_head"]),
+                                                "defender": LoraSpec(r=4)}))
+    perturb(bank.adapter_parameters("attacker"), seed=5)
+    batch = _ragged_batch(3)
+    with torch.no_grad():
+        with bank.role("defender") as model:
+            assert fused_head(model) is None
+        with bank.role("attacker") as model:
+            assert fused_head(model) is None
+            adapted, _ = completion_logprobs(model, batch)
+            head_b = model.get_output_embeddings().lora_B["attacker"].weight
+            head_b.zero_()
+            without, _ = completion_logprobs(model, batch)
+    assert (adapted - without).abs().max() > 1e-4, "the head's adapter changes the scores"

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from abspo.errors import ConfigError
 from abspo.logprobs import FUSED_HEAD_MODEL_TYPES, ROWS_PER_CHUNK, head_chunk_rows
@@ -151,6 +151,9 @@ class PlanInputs:
     new_tokens_defender: int = 96
     micro_batch_size: int = 8
     activation_checkpointing: bool = False
+    adapted_head: bool = False
+    """An adapter targets the LM head (``lm_head`` in ``target_modules``): its LoRA weights count, and scoring
+    takes the plain path (the model's logits and their gradient), since a LoRA'd head is no plain linear layer."""
     judge_params: float = 0.0
     """Parameters of a judge model on the same device (0: heuristic or remote judge)."""
     judge_dtype_bytes: int = 2
@@ -247,6 +250,9 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     else:
         ranks = p.lora_ranks[: 1 if p.mode == "shared_lora" else None]
         trained, name, compute, rank = sum(a.lora_params(r) for r in ranks), "LoRA", b, max(ranks)
+        if p.adapted_head:
+            trained += sum(r * (a.hidden + a.vocab) for r in ranks)
+            a = replace(a, fused_head=False)
     persistent = {
         "base": a.base_params() * (4 if p.mode == "shared_full" else b) / shard,  # shared_full: a float32 anchor
         f"{name} weights (fp32)": trained * 4 / shard,
@@ -333,10 +339,20 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         new_tokens_defender=count(game["max_new_tokens_defender"], "model.game.max_new_tokens_defender"),
         micro_batch_size=count(algorithm["micro_batch_size"], "model.algorithm.micro_batch_size"),
         activation_checkpointing=bool(algorithm["activation_checkpointing"]),
+        adapted_head=any(targets_head((spec or {}).get("target_modules", "all-linear")) for spec in adapters.values()),
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PlanInputs(**values)
+
+
+def targets_head(target_modules) -> bool:
+    """Whether PEFT's ``target_modules`` selects the LM head (``lm_head`` in Llama/Qwen2 models). PEFT matches a
+    list entry against a module's name or its last dotted parts, and a string as a regex on the whole name;
+    ``all-linear`` leaves the output layer out."""
+    if isinstance(target_modules, str):
+        return target_modules != "all-linear" and re.fullmatch(target_modules, "lm_head") is not None
+    return any(str(t) == "lm_head" or str(t).endswith(".lm_head") for t in target_modules or [])
 
 
 def config_devices(value) -> int:
