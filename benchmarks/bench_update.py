@@ -16,7 +16,8 @@ own :class:`abspo.timing.PhaseClock`; TRL: its methods wrapped), with the CPU co
 Printed: medians per phase, completion tokens trained per second and the ratio abspo / TRL, rollout seconds per
 decoding step against a bare ``generate`` of the same batch, and (``--memory``, separate processes) the peak memory
 of two whole ABS steps per ``model.mode``: of tensors (:func:`abspo.timing.tensor_peak`, what a GPU's peak memory
-means) and of the process (RSS). Everything also goes to ``--json`` (``--memory-only`` updates its memory part).
+means) and of the process (RSS). Everything also goes to ``--json``: ``--memory-only`` updates its memory part,
+``--no-memory`` the rest.
 """
 
 from __future__ import annotations
@@ -332,8 +333,11 @@ def main() -> None:
     data = SeedDataModule(batch_size=8)
     data.setup()
     report = {"args": vars(args), "threads": torch.get_num_threads(), "dtypes": {}}
-    if args.memory_only and Path(args.json).exists():  # keep the timed figures of the last full run
-        report = {**json.loads(Path(args.json).read_text()), "memory_args": vars(args)}
+    last = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    if args.memory_only:  # keep the timed figures of the last full run
+        report = {**last, "memory_args": vars(args)}
+    elif not args.memory:  # keep the memory figures of the last run that took them
+        report.update({k: last[k] for k in ("memory", "memory_args") if k in last})
     for dtype in [] if args.memory_only else args.dtypes:
         result = run(dtype, args, data.stream)
         ratios = summarize(result)

@@ -161,7 +161,8 @@ def test_grpo_needs_two_games_per_seed(group_size):
     assert "model.algorithm.group_size" in str(err.value)
 
 
-@pytest.mark.parametrize("field", ["group_size", "update_epochs", "micro_batch_size", "accumulate_batches"])
+@pytest.mark.parametrize("field", ["group_size", "update_epochs", "micro_batch_size", "accumulate_batches",
+                                   "micro_batch_tokens"])
 def test_positive_integer_fields(field):
     with pytest.raises(ConfigError) as err:
         AlgorithmConfig(**{field: 0}).validate()

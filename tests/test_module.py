@@ -214,6 +214,32 @@ def test_a_micro_batch_holds_one_roles_rows_longest_first(judge):
     assert (padded(apart), padded(together)) == (168, 260)
 
 
+@pytest.mark.parametrize("estimator", ["reinforce_pp", "grpo"])
+def test_a_token_cap_cuts_the_micro_batches_and_changes_no_update(judge, estimator):
+    """``micro_batch_tokens`` only re-cuts the rows: the loss weights each micro-batch by its tokens, so the
+    update equals one without the cap (float32 sums in another order: ~1e-7)."""
+    lengths = {"attacker": [4, 2, 9, 4, 1, 6], "defender": [12, 7, 1, 9, 3, 5]}
+    sgd = {"attacker": OptimizerConfig(name="SGD", lr=10.0), "defender": OptimizerConfig(name="SGD", lr=10.0)}
+    after, cuts = {}, {}
+    for cap in (None, 20):
+        torch.manual_seed(0)
+        module = make(judge, optimizers=sgd, algorithm=AlgorithmConfig(
+            estimator=estimator, group_size=2, micro_batch_size=8, micro_batch_tokens=cap, max_grad_norm=None))
+        exchanges = scored_exchanges(module, lengths, [1.0, -1.0, 0.5, 0.0, -0.5, 2.0])
+        for e in exchanges:
+            e.group = e.group // 2
+        cut = module._micro_batch_rows
+        module._micro_batch_rows = lambda *a, _cut=cut, _cap=cap: cuts.setdefault(_cap, []).append(_cut(*a)) or _cut(*a)
+        before = {a: snapshot(module, a) for a in ("attacker", "defender")}
+        module.learn(exchanges, 0)
+        assert all(changed(before[a], module, a) for a in before)
+        after[cap] = {a: snapshot(module, a) for a in before}
+    assert max(len(c) for c in cuts[None]) <= 2 and min(len(c) for c in cuts[20]) >= 5, "the cap re-cuts the rows"
+    for adapter, params in after[None].items():
+        for capped, plain in zip(after[20][adapter], params):
+            torch.testing.assert_close(capped, plain, atol=2e-6, rtol=1e-5)
+
+
 def test_update_epochs_step_once_per_pass_and_the_clip_acts(judge):
     exchanges = None
     params = {}

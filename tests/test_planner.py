@@ -50,6 +50,12 @@ def test_plan_arithmetic_by_hand():
     head = plan_memory(replace(p, adapted_head=True))
     assert head.persistent["LoRA weights (fp32)"] == (lora + 2 * (8 + 100)) * 4
     assert head.phases["update"]["completion logits"] == plain.phases["update"]["completion logits"]
+    # a cap of 20 tokens holds one 17-token row per micro-batch (34 would hold two, as micro_batch_size 2 does)
+    capped = plan_memory(replace(p, micro_batch_tokens=20))
+    assert capped.phases["update"]["completion logits"] == 7 * 100 * (2 + 4 * 3)
+    assert capped.phases["update"]["activations"] * 2 == plan.phases["update"]["activations"]
+    assert plan_memory(replace(p, micro_batch_tokens=34)).phases == plan.phases
+    assert plan_memory(replace(p, micro_batch_tokens=5)).phases == capped.phases, "a longer row runs alone"
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
 
 
@@ -82,12 +88,15 @@ def test_checkpointing_shrinks_activations_and_a_plan_that_does_not_fit_says_wha
                                   new_tokens_attacker=512, new_tokens_defender=512, activation_checkpointing=True))
     assert ckpt.phases["update"]["activations"] < full.phases["update"]["activations"] / 10
     assert full.fits is False and any("micro_batch_size" in a for a in full.advice())
+    capped = plan_memory(replace(full.inputs, micro_batch_tokens=5120))
+    assert any("micro_batch_tokens (now 5120)" in a for a in capped.advice()), "the cap is the lever to lower"
     assert plan_memory(PlanInputs(arch=TOY, device_memory_gib=80)).fits
 
 
 def test_inputs_follow_the_training_config():
     p = inputs_from_config(["configs/qwen2.5-7b.yaml"])
-    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size) == ("bfloat16", [32, 32], 128, 2)
+    assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size, p.micro_batch_tokens) == (
+        "bfloat16", [32, 32], 128, 8, 2560)
     assert p.new_tokens_attacker == 512 and p.judge_params > 7e9 and not p.sharded
     assert inputs_from_config(["configs/tiny-ddp.yaml"]).devices == 2
     assert inputs_from_config(["configs/tiny.yaml"], devices=3).devices == 3
@@ -96,12 +105,14 @@ def test_inputs_follow_the_training_config():
 @pytest.mark.parametrize("targets, adapted", [
     ("all-linear", False), (["q_proj", "v_proj"], False), (["q_proj", "lm_head"], True),
     (["model.lm_head"], True), (r".*_proj|lm_head", True), (r".*_proj", False), (["my_lm_head"], False)])
-def test_an_adapter_on_the_lm_head_is_seen_in_the_config(tmp_path, targets, adapted):
+def test_an_adapter_on_the_lm_head_and_a_token_cap_are_read_from_the_config(tmp_path, targets, adapted):
     config = tmp_path / "head.yaml"
     config.write_text(yaml.safe_dump({"model": {"base": {"name_or_path": "tiny-qwen2"}, "bank": {"adapters": {
-        "attacker": {"r": 4}, "defender": {"r": 4, "target_modules": targets}}}}}))
+        "attacker": {"r": 4}, "defender": {"r": 4, "target_modules": targets}}},
+        "algorithm": {"micro_batch_tokens": 300}}}))
     assert targets_head(targets) is adapted
-    assert inputs_from_config([str(config)]).adapted_head is adapted
+    inputs = inputs_from_config([str(config)])
+    assert inputs.adapted_head is adapted and inputs.micro_batch_tokens == 300
 
 
 def test_plan_command_prints_the_table(capsys):

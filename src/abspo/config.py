@@ -39,6 +39,11 @@ class AlgorithmConfig:
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; gradients of a batch are accumulated over its micro-batches (rows
     sorted by length first, so that a micro-batch pads to the length of similar rows)."""
+    micro_batch_tokens: int | None = None
+    """At most this many padded tokens (rows x (longest prompt + longest completion)) per micro-batch, on top of
+    micro_batch_size: the memory of a gradient pass grows with padded tokens, so a cap bounds it whatever the turn
+    lengths, and short turns still run many to a pass (verl's dynamic batch size). A row longer than the cap runs
+    alone. None: rows only. The gradients are the same (abspo.micro_batches)."""
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
     """Where the log-probs under the role that sampled a turn come from, when the update needs them before its
     gradient pass (REINFORCE++ with kl_mode reward_k1, or update_epochs > 1; otherwise no pass computes them: the
@@ -59,8 +64,8 @@ class AlgorithmConfig:
         if self.estimator == "grpo" and self.group_size < 2:
             raise ConfigError("model.algorithm.group_size", f"grpo needs at least 2 games per seed, got {self.group_size}",
                               "set group_size: 4 (or use estimator: reinforce_pp)")
-        for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches"):
-            if getattr(self, key) < 1:
+        for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches", "micro_batch_tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.algorithm.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
         if self.old_logprobs == "sampler" and self.update_epochs > 1:
             raise ConfigError("model.algorithm.old_logprobs", "sampler log-probs cannot be the PPO ratio's denominator "

@@ -61,6 +61,7 @@ from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt
                         read_attacker_turn, read_defender_turn)
 from abspo.judges.base import Judge
 from abspo.models import BaseModel, empty_base, load_base, meta_model, weight_folder
+from abspo.micro_batches import micro_batches
 from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
 from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
@@ -464,23 +465,13 @@ class SelfPlayModule(L.LightningModule):
 
     def _micro_batch_rows(self, prompts: list[list[int]], completions: list[list[int]],
                           roles: list[str] | None = None) -> list[list[int]]:
-        """The row indices of each micro-batch: rows sorted by length, longest first (a micro-batch pads to its
-        longest row, so similar lengths waste the least), cut into ``micro_batch_size``, the largest micro-batch
-        first (an out-of-memory shows at once). With ``roles`` (an adapter that plays several), a micro-batch
-        holds one role's rows: it pads to its longest prompt *plus* its longest completion, and a defender's long
-        prompt beside an attacker's long rewrite pads to both. So a shared adapter's pass runs the very
-        micro-batches that bipolicy's two updates run (on SmolLM2's first batch, the largest one had 1,624
-        padded tokens mixed, 1,085 apart). Sharded, empty lists follow up to the count every process runs."""
-        mb = self.algorithm.micro_batch_size
-        roles = roles or [None] * len(prompts)
-        length = [len(p) + len(c) for p, c in zip(prompts, completions)]
-        chunks = []
-        for role in dict.fromkeys(roles):
-            order = sorted((i for i in range(len(prompts)) if roles[i] == role), key=lambda i: -length[i])
-            chunks += [order[lo:lo + mb] for lo in range(0, len(order), mb)]
-        padded = lambda rows: len(rows) * (max(len(prompts[i]) for i in rows)  # noqa: E731
-                                           + max(len(completions[i]) for i in rows))
-        chunks.sort(key=padded, reverse=True)
+        """The row indices of each micro-batch (:func:`abspo.micro_batches.micro_batches`: by length, one role
+        each, at most ``micro_batch_size`` rows and ``micro_batch_tokens`` padded tokens, largest first; on
+        SmolLM2's first batch, a shared adapter's largest micro-batch had 1,624 padded tokens with the roles mixed,
+        1,085 apart). Sharded, empty lists follow up to the count every process runs."""
+        cfg = self.algorithm
+        chunks = micro_batches([len(p) for p in prompts], [len(c) for c in completions], roles,
+                               cfg.micro_batch_size, cfg.micro_batch_tokens)
         return chunks + [[] for _ in range(self._micro_batches(len(chunks)) - len(chunks))]
 
     def _no_grad(self):

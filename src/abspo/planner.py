@@ -16,7 +16,8 @@ the largest phase):
   sequence x games x dtype bytes), the per-step sampling buffers (float32 logits and keyed-sampling noise over
   the vocabulary), and under FSDP the gathered full base (generation unshards the model once instead of
   re-gathering every layer for every token).
-- **update**: for one micro-batch, the activations saved for backward (per token and layer, see
+- **update**: for one micro-batch (``micro_batch_size`` rows at the longest length, fewer where
+  ``micro_batch_tokens`` caps them), the activations saved for backward (per token and layer, see
   :func:`activation_bytes_per_token_layer`; with activation checkpointing only each layer's input plus one
   layer's activations), the completion logits (for the architectures whose head computes log-probs in place,
   one chunk of rows at a time, :class:`abspo.logprobs.HeadTokenLogprobs`; for others the model-dtype logits and
@@ -150,6 +151,9 @@ class PlanInputs:
     new_tokens_attacker: int = 96
     new_tokens_defender: int = 96
     micro_batch_size: int = 8
+    micro_batch_tokens: int | None = None
+    """model.algorithm.micro_batch_tokens: at most this many padded tokens per micro-batch (a row longer than that
+    runs alone)."""
     activation_checkpointing: bool = False
     adapted_head: bool = False
     """An adapter targets the LM head (``lm_head`` in ``target_modules``): its LoRA weights count, and scoring
@@ -208,8 +212,11 @@ class MemoryPlan:
         if phase == "update":
             if not p.activation_checkpointing:
                 out.append("turn on activation checkpointing (model.algorithm.activation_checkpointing: true)")
-            if p.micro_batch_size > 1:
-                out.append(f"lower model.algorithm.micro_batch_size (now {p.micro_batch_size})")
+            if p.micro_batch_tokens is not None:
+                out.append(f"lower model.algorithm.micro_batch_tokens (now {p.micro_batch_tokens})")
+            elif p.micro_batch_size > 1:
+                out.append(f"lower model.algorithm.micro_batch_size (now {p.micro_batch_size}), or cap the padded "
+                           "tokens of a micro-batch (model.algorithm.micro_batch_tokens)")
         if phase in ("rollouts", "judge"):
             out.append("fewer games per device: more devices, or a smaller data.batch_size; or shorter "
                        "model.game.max_new_tokens_*")
@@ -225,7 +232,9 @@ class MemoryPlan:
         gib = lambda b: f"{b / GIB:8.2f}"  # noqa: E731
         mode = f"FSDP2 over {p.devices}" if p.sharded else (f"DDP x{p.devices}" if p.devices > 1 else "1 device")
         lines = [f"per-device memory, {mode}, base {p.base_dtype}, {p.games_per_device} games per device, "
-                 f"micro-batch {p.micro_batch_size}" + (", activation checkpointing" if p.activation_checkpointing else ""),
+                 f"micro-batch {p.micro_batch_size}"
+                 + (f" (at most {p.micro_batch_tokens} tokens)" if p.micro_batch_tokens else "")
+                 + (", activation checkpointing" if p.activation_checkpointing else ""),
                  "", f"{'':34}{'GiB':>8}", "persistent"]
         lines += [f"  {k:32}{gib(v)}" for k, v in self.persistent.items()]
         for phase, items in self.phases.items():
@@ -271,6 +280,8 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     if p.sharded:
         rollouts["gathered base (generation)"] = a.base_params() * b * (1 - 1 / shard)
     rows = min(p.micro_batch_size, max(1, games))  # a micro-batch holds at most this device's games
+    if p.micro_batch_tokens is not None:  # every row at the longest length: as many as the cap lets in
+        rows = max(1, min(rows, p.micro_batch_tokens // longest))
     tokens = rows * longest
     per_layer = activation_bytes_per_token_layer(a, compute, 4, rank, longest)
     if p.activation_checkpointing:
@@ -338,6 +349,8 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         new_tokens_attacker=count(game["max_new_tokens_attacker"], "model.game.max_new_tokens_attacker"),
         new_tokens_defender=count(game["max_new_tokens_defender"], "model.game.max_new_tokens_defender"),
         micro_batch_size=count(algorithm["micro_batch_size"], "model.algorithm.micro_batch_size"),
+        micro_batch_tokens=None if algorithm.get("micro_batch_tokens") is None else count(
+            algorithm["micro_batch_tokens"], "model.algorithm.micro_batch_tokens"),
         activation_checkpointing=bool(algorithm["activation_checkpointing"]),
         adapted_head=any(targets_head((spec or {}).get("target_modules", "all-linear")) for spec in adapters.values()),
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
@@ -416,6 +429,7 @@ def plan_main(argv: list[str]) -> None:
                         help="FSDP2 sharding (default: from trainer.strategy)")
     parser.add_argument("--device-memory-gib", type=gib, help="memory of one device, e.g. 80 for an H100")
     parser.add_argument("--micro-batch-size", type=whole)
+    parser.add_argument("--micro-batch-tokens", type=whole, help="padded tokens per micro-batch at most")
     parser.add_argument("--activation-checkpointing", action="store_true", default=None)
     parser.add_argument("--prompt-tokens", type=whole,
                         help="tokens of the longest turn prompt (default 256 + the attacker's max_new_tokens)")
@@ -424,7 +438,8 @@ def plan_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     plan = plan_memory(inputs_from_config(
         args.config, devices=args.devices, sharded=args.sharded, device_memory_gib=args.device_memory_gib,
-        micro_batch_size=args.micro_batch_size, activation_checkpointing=args.activation_checkpointing,
+        micro_batch_size=args.micro_batch_size, micro_batch_tokens=args.micro_batch_tokens,
+        activation_checkpointing=args.activation_checkpointing,
         prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib, mode=args.mode))
     a = plan.inputs.arch
     print(f"{' + '.join(args.config)}: {a.base_params() / 1e9:.2f}B base parameters, "
