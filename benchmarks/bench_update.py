@@ -337,7 +337,8 @@ def main() -> None:
     if args.memory_only:  # keep the timed figures of the last full run
         report = {**last, "memory_args": vars(args)}
     elif not args.memory:  # keep the memory figures of the last run that took them
-        report.update({k: last[k] for k in ("memory", "memory_args") if k in last})
+        if "memory" in last:
+            report.update(memory=last["memory"], memory_args=last.get("memory_args", last.get("args")))
     for dtype in [] if args.memory_only else args.dtypes:
         result = run(dtype, args, data.stream)
         ratios = summarize(result)

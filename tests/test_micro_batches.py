@@ -50,7 +50,18 @@ def test_every_cut_keeps_its_invariants(seed):
     for c in chunks:
         assert len({roles[i] for i in c}) == 1 and 1 <= len(c) <= max_rows
         assert max_tokens is None or len(c) == 1 or padded_tokens(c, prompts, completions) <= max_tokens
-    if max_tokens is None:  # rows only: every role's rows fill whole micro-batches but the last
-        for role in set(roles):
-            mine = [len(c) for c in chunks if roles[c[0]] == role]
-            assert sum(size < max_rows for size in mine) <= 1
+    # greedy: a role's rows, longest first, run in consecutive micro-batches, and each micro-batch stopped only
+    # where the next row would have broken a cap
+    for role in set(roles):
+        order = sorted((i for i in range(n) if roles[i] == role), key=lambda i: -(prompts[i] + completions[i]))
+        mine = sorted((c for c in chunks if roles[c[0]] == role), key=lambda c: order.index(c[0]))
+        assert [i for c in mine for i in c] == order
+        for c, following in zip(mine, mine[1:]):
+            grown = c + following[:1]
+            assert len(grown) > max_rows or (max_tokens is not None
+                                             and padded_tokens(grown, prompts, completions) > max_tokens)
+
+
+def test_rows_without_a_role_each_are_refused():
+    with pytest.raises(ValueError, match="3 prompts, 3 completions and 2 roles"):
+        micro_batches([1, 2, 3], [1, 1, 1], ["attacker", "defender"])

@@ -46,16 +46,22 @@ def test_plan_arithmetic_by_hand():
     # scored from the model's logits: bf16 logits + their gradient, and one float32 chunk (all 14 rows) x 3
     plain = plan_memory(replace(p, arch=replace(TOY, fused_head=False)))
     assert plain.phases["update"]["completion logits"] == 14 * 100 * 2 * 2 + 14 * 100 * 4 * 3
-    # a LoRA'd LM head: its r x (hidden + vocab) weights, and the plain path's logits
-    head = plan_memory(replace(p, adapted_head=True))
+    # a LoRA'd LM head: its r x (hidden + vocab) weights, the plain path's logits and PEFT's two float32 copies
+    head = plan_memory(replace(p, head_adapters=[True]))
     assert head.persistent["LoRA weights (fp32)"] == (lora + 2 * (8 + 100)) * 4
-    assert head.phases["update"]["completion logits"] == plain.phases["update"]["completion logits"]
-    # a cap of 20 tokens holds one 17-token row per micro-batch (34 would hold two, as micro_batch_size 2 does)
+    assert head.phases["update"]["completion logits"] == plain.phases["update"]["completion logits"] + 14 * 100 * 4 * 2
+    two = replace(p, lora_ranks=[2, 4], head_adapters=[False, True])
+    assert plan_memory(two).persistent["LoRA weights (fp32)"] == (lora * 3 + 4 * (8 + 100)) * 4, "only the adapter on it"
+    # a cap of 20 tokens: two 17-token rows pad to 34, over it, but two 10-token rows (3-token prompts and
+    # 7-token completions) fit, so the largest micro-batch holds 20 tokens and still 14 completion positions
     capped = plan_memory(replace(p, micro_batch_tokens=20))
-    assert capped.phases["update"]["completion logits"] == 7 * 100 * (2 + 4 * 3)
-    assert capped.phases["update"]["activations"] * 2 == plan.phases["update"]["activations"]
+    assert capped.phases["update"]["activations"] * 34 == plan.phases["update"]["activations"] * 20
+    assert capped.phases["update"]["completion logits"] == plan.phases["update"]["completion logits"]
     assert plan_memory(replace(p, micro_batch_tokens=34)).phases == plan.phases
-    assert plan_memory(replace(p, micro_batch_tokens=5)).phases == capped.phases, "a longer row runs alone"
+    # a cap of 5: every row runs alone, the longest at 17 tokens, 7 of them completion
+    alone = plan_memory(replace(p, micro_batch_tokens=5))
+    assert alone.phases["update"]["activations"] * 2 == plan.phases["update"]["activations"]
+    assert alone.phases["update"]["completion logits"] == 7 * 100 * (2 + 4 * 3)
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
 
 
@@ -89,7 +95,9 @@ def test_checkpointing_shrinks_activations_and_a_plan_that_does_not_fit_says_wha
     assert ckpt.phases["update"]["activations"] < full.phases["update"]["activations"] / 10
     assert full.fits is False and any("micro_batch_size" in a for a in full.advice())
     capped = plan_memory(replace(full.inputs, micro_batch_tokens=5120))
-    assert any("micro_batch_tokens (now 5120)" in a for a in capped.advice()), "the cap is the lever to lower"
+    assert any("micro_batch_tokens (now 5120;" in a for a in capped.advice()), "the cap is the lever to lower"
+    alone = plan_memory(replace(full.inputs, micro_batch_tokens=1000, device_memory_gib=10))
+    assert alone.fits is False and not any("micro_batch" in a for a in alone.advice()), "rows already run alone"
     assert plan_memory(PlanInputs(arch=TOY, device_memory_gib=80)).fits
 
 
@@ -104,7 +112,7 @@ def test_inputs_follow_the_training_config():
 
 @pytest.mark.parametrize("targets, adapted", [
     ("all-linear", False), (["q_proj", "v_proj"], False), (["q_proj", "lm_head"], True),
-    (["model.lm_head"], True), (r".*_proj|lm_head", True), (r".*_proj", False), (["my_lm_head"], False)])
+    (["model.lm_head"], False), (r".*_proj|lm_head", True), (r".*_proj", False), (["my_lm_head"], False)])
 def test_an_adapter_on_the_lm_head_and_a_token_cap_are_read_from_the_config(tmp_path, targets, adapted):
     config = tmp_path / "head.yaml"
     config.write_text(yaml.safe_dump({"model": {"base": {"name_or_path": "tiny-qwen2"}, "bank": {"adapters": {
@@ -112,7 +120,14 @@ def test_an_adapter_on_the_lm_head_and_a_token_cap_are_read_from_the_config(tmp_
         "algorithm": {"micro_batch_tokens": 300}}}))
     assert targets_head(targets) is adapted
     inputs = inputs_from_config([str(config)])
-    assert inputs.adapted_head is adapted and inputs.micro_batch_tokens == 300
+    assert inputs.head_adapters == [False, adapted] and inputs.micro_batch_tokens == 300
+
+
+def test_plan_command_can_lift_the_configs_token_cap(capsys):
+    main(["plan", "--config", "configs/qwen2.5-7b.yaml", "--micro-batch-tokens", "none"])
+    lifted = capsys.readouterr().out
+    main(["plan", "--config", "configs/qwen2.5-7b.yaml", "--micro-batch-tokens", "5120"])
+    assert "micro-batch 8\n" in lifted and "(at most 5120 tokens)" in capsys.readouterr().out
 
 
 def test_plan_command_prints_the_table(capsys):

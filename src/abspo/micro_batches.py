@@ -33,6 +33,9 @@ def micro_batches(prompt_lengths: Sequence[int], completion_lengths: Sequence[in
     rows longest first, a new micro-batch whenever the next row would exceed ``max_rows`` rows or ``max_tokens``
     padded tokens; largest micro-batch first. A row longer than ``max_tokens`` on its own runs alone."""
     roles = list(roles) if roles is not None else [None] * len(prompt_lengths)
+    if not len(roles) == len(prompt_lengths) == len(completion_lengths):
+        raise ValueError(f"{len(prompt_lengths)} prompts, {len(completion_lengths)} completions and {len(roles)} "
+                         "roles: one of each per row")
     length = [p + c for p, c in zip(prompt_lengths, completion_lengths)]
     chunks: list[list[int]] = []
     for role in dict.fromkeys(roles):

@@ -155,9 +155,11 @@ class PlanInputs:
     """model.algorithm.micro_batch_tokens: at most this many padded tokens per micro-batch (a row longer than that
     runs alone)."""
     activation_checkpointing: bool = False
-    adapted_head: bool = False
-    """An adapter targets the LM head (``lm_head`` in ``target_modules``): its LoRA weights count, and scoring
-    takes the plain path (the model's logits and their gradient), since a LoRA'd head is no plain linear layer."""
+    head_adapters: list[bool] = field(default_factory=list)
+    """Per adapter (as ``lora_ranks``): whether it targets the LM head (``lm_head`` in ``target_modules``). Its
+    LoRA weights on the head count, and scoring takes the plain path (the model's logits and their gradient), as
+    a LoRA'd head is no plain linear layer; PEFT's LoRA branch adds float32 [tokens, vocab] temporaries (an
+    estimate: not measured)."""
     judge_params: float = 0.0
     """Parameters of a judge model on the same device (0: heuristic or remote judge)."""
     judge_dtype_bytes: int = 2
@@ -168,6 +170,17 @@ class PlanInputs:
     """Framework memory: ~1 GiB of CUDA context and allocator slack on a GPU."""
     headroom: float = 0.9
     """Share of the device memory a plan may use (fragmentation, spikes)."""
+
+    @property
+    def longest_tokens(self) -> int:
+        """The longest turn: its prompt plus the larger new-token budget."""
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else 256 + self.new_tokens_attacker
+        return prompt + max(self.new_tokens_attacker, self.new_tokens_defender)
+
+    @property
+    def micro_batch_rows(self) -> int:
+        """Rows of the largest micro-batch: at most this device's games and ``micro_batch_size``."""
+        return min(self.micro_batch_size, max(1, self.games_per_device))
 
     @property
     def games_per_device(self) -> int:
@@ -213,7 +226,9 @@ class MemoryPlan:
             if not p.activation_checkpointing:
                 out.append("turn on activation checkpointing (model.algorithm.activation_checkpointing: true)")
             if p.micro_batch_tokens is not None:
-                out.append(f"lower model.algorithm.micro_batch_tokens (now {p.micro_batch_tokens})")
+                if p.micro_batch_rows > 1 and p.micro_batch_tokens > p.longest_tokens:
+                    out.append(f"lower model.algorithm.micro_batch_tokens (now {p.micro_batch_tokens}; at "
+                               f"{p.longest_tokens}, the longest turn, a micro-batch holds one such turn)")
             elif p.micro_batch_size > 1:
                 out.append(f"lower model.algorithm.micro_batch_size (now {p.micro_batch_size}), or cap the padded "
                            "tokens of a micro-batch (model.algorithm.micro_batch_tokens)")
@@ -254,13 +269,15 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     """The per-device memory of one self-play step (module docstring)."""
     a, b = p.arch, DTYPE_BYTES[p.base_dtype]
     shard = p.devices if p.sharded else 1
+    on_head: list[int] = []  # ranks of the adapters on the LM head
     if p.mode == "shared_full":  # rollouts and updates run on the float32 trained copy
         trained, name, compute, rank = a.base_params(), "policy", 4, 0
     else:
         ranks = p.lora_ranks[: 1 if p.mode == "shared_lora" else None]
         trained, name, compute, rank = sum(a.lora_params(r) for r in ranks), "LoRA", b, max(ranks)
-        if p.adapted_head:
-            trained += sum(r * (a.hidden + a.vocab) for r in ranks)
+        on_head = [r for r, adapted in zip(ranks, p.head_adapters) if adapted]
+        trained += sum(r * (a.hidden + a.vocab) for r in on_head)
+        if on_head:
             a = replace(a, fused_head=False)
     persistent = {
         "base": a.base_params() * (4 if p.mode == "shared_full" else b) / shard,  # shared_full: a float32 anchor
@@ -270,8 +287,7 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         "judge": p.judge_params * p.judge_dtype_bytes,
     }
     games = p.games_per_device
-    prompt = p.prompt_tokens if p.prompt_tokens is not None else 256 + p.new_tokens_attacker
-    longest = prompt + max(p.new_tokens_attacker, p.new_tokens_defender)
+    longest, new_tokens = p.longest_tokens, max(p.new_tokens_attacker, p.new_tokens_defender)
     kv = 2 * a.layers * a.kv_dim * compute
     rollouts = {
         "KV cache": kv * longest * games,
@@ -279,22 +295,26 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     }
     if p.sharded:
         rollouts["gathered base (generation)"] = a.base_params() * b * (1 - 1 / shard)
-    rows = min(p.micro_batch_size, max(1, games))  # a micro-batch holds at most this device's games
-    if p.micro_batch_tokens is not None:  # every row at the longest length: as many as the cap lets in
-        rows = max(1, min(rows, p.micro_batch_tokens // longest))
-    tokens = rows * longest
+    # the largest micro-batch: its rows at the longest length, or as many padded tokens as the cap lets in
+    # (shorter rows fill it: a micro-batch of several rows pads to at most the cap; a longer row runs alone)
+    rows = p.micro_batch_rows
+    tokens, completion = rows * longest, rows * new_tokens
+    if p.micro_batch_tokens is not None:
+        tokens = min(tokens, max(p.micro_batch_tokens, longest))
+        completion = min(completion, max(p.micro_batch_tokens, new_tokens))
     per_layer = activation_bytes_per_token_layer(a, compute, 4, rank, longest)
     if p.activation_checkpointing:
         activations = tokens * (a.layers * a.hidden * compute + per_layer)
     else:
         activations = tokens * a.layers * per_layer
-    completion = rows * max(p.new_tokens_attacker, p.new_tokens_defender)
     if a.fused_head:  # one chunk of rows at a time (abspo.logprobs.HeadTokenLogprobs): its logits in the model
         # dtype, then float32 logits, softmax and gradient
         logits = min(completion, head_chunk_rows(a.vocab)) * a.vocab * (compute + 4 * 3)
     else:  # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
         # (abspo.logprobs.TokenLogprobs: log-softmax, softmax, gradient)
         logits = completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3
+        if on_head:  # a LoRA'd head: its branch's float32 output, and the float32 sum with the base's
+            logits += completion * a.vocab * 4 * 2
     update = {"activations": activations, "completion logits": logits}
     if p.sharded:
         update["gathered layers (2)"] = 2 * a.layer_params() * b
@@ -352,7 +372,7 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         micro_batch_tokens=None if algorithm.get("micro_batch_tokens") is None else count(
             algorithm["micro_batch_tokens"], "model.algorithm.micro_batch_tokens"),
         activation_checkpointing=bool(algorithm["activation_checkpointing"]),
-        adapted_head=any(targets_head((spec or {}).get("target_modules", "all-linear")) for spec in adapters.values()),
+        head_adapters=[targets_head((spec or {}).get("target_modules", "all-linear")) for spec in adapters.values()],
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -361,11 +381,11 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
 
 def targets_head(target_modules) -> bool:
     """Whether PEFT's ``target_modules`` selects the LM head (``lm_head`` in Llama/Qwen2 models). PEFT matches a
-    list entry against a module's name or its last dotted parts, and a string as a regex on the whole name;
-    ``all-linear`` leaves the output layer out."""
+    list entry against a module's name or its last dotted parts (the head's name is ``lm_head``), and a string as
+    a regex on the whole name; ``all-linear`` leaves the output layer out."""
     if isinstance(target_modules, str):
         return target_modules != "all-linear" and re.fullmatch(target_modules, "lm_head") is not None
-    return any(str(t) == "lm_head" or str(t).endswith(".lm_head") for t in target_modules or [])
+    return any(str(t) == "lm_head" for t in target_modules or [])
 
 
 def config_devices(value) -> int:
@@ -403,6 +423,14 @@ def gib(value: str) -> float:
     return x
 
 
+NO_CAP = 0
+
+
+def cap(value: str) -> int:
+    """``abspo plan --micro-batch-tokens``: a whole number >= 1, or ``none`` (:data:`NO_CAP`) to lift the config's."""
+    return NO_CAP if value.strip().lower() == "none" else whole(value)
+
+
 def whole(value: str) -> int:
     """An ``abspo plan`` option that counts something: a whole number >= 1."""
     try:
@@ -429,18 +457,22 @@ def plan_main(argv: list[str]) -> None:
                         help="FSDP2 sharding (default: from trainer.strategy)")
     parser.add_argument("--device-memory-gib", type=gib, help="memory of one device, e.g. 80 for an H100")
     parser.add_argument("--micro-batch-size", type=whole)
-    parser.add_argument("--micro-batch-tokens", type=whole, help="padded tokens per micro-batch at most")
+    parser.add_argument("--micro-batch-tokens", type=cap,
+                        help="padded tokens per micro-batch at most (none: no cap, whatever the config says)")
     parser.add_argument("--activation-checkpointing", action="store_true", default=None)
     parser.add_argument("--prompt-tokens", type=whole,
                         help="tokens of the longest turn prompt (default 256 + the attacker's max_new_tokens)")
     parser.add_argument("--runtime-gib", type=float, help="framework memory (default 1.0)")
     parser.add_argument("--mode", choices=["bipolicy", "shared_lora", "shared_full"], help="default: model.mode")
     args = parser.parse_args(argv)
-    plan = plan_memory(inputs_from_config(
+    inputs = inputs_from_config(
         args.config, devices=args.devices, sharded=args.sharded, device_memory_gib=args.device_memory_gib,
         micro_batch_size=args.micro_batch_size, micro_batch_tokens=args.micro_batch_tokens,
         activation_checkpointing=args.activation_checkpointing,
-        prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib, mode=args.mode))
+        prompt_tokens=args.prompt_tokens, runtime_gib=args.runtime_gib, mode=args.mode)
+    if inputs.micro_batch_tokens == NO_CAP:
+        inputs = replace(inputs, micro_batch_tokens=None)
+    plan = plan_memory(inputs)
     a = plan.inputs.arch
     print(f"{' + '.join(args.config)}: {a.base_params() / 1e9:.2f}B base parameters, "
           f"{sum(a.lora_params(r) for r in plan.inputs.lora_ranks) / 1e6:.1f}M LoRA parameters")
