@@ -158,8 +158,8 @@ class PlanInputs:
     head_adapters: list[bool] = field(default_factory=list)
     """Per adapter (as ``lora_ranks``): whether it targets the LM head (``lm_head`` in ``target_modules``). Its
     LoRA weights on the head count, and scoring takes the plain path (the model's logits and their gradient), as
-    a LoRA'd head is no plain linear layer; PEFT's LoRA branch adds float32 [tokens, vocab] temporaries (an
-    estimate: not measured)."""
+    a LoRA'd head is no plain linear layer (PEFT's float32 branch output is transient and adds nothing to that
+    path's peak: ``tests/test_planner.py``)."""
     judge_params: float = 0.0
     """Parameters of a judge model on the same device (0: heuristic or remote judge)."""
     judge_dtype_bytes: int = 2
@@ -313,8 +313,6 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     else:  # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
         # (abspo.logprobs.TokenLogprobs: log-softmax, softmax, gradient)
         logits = completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3
-        if on_head:  # a LoRA'd head: its branch's float32 output, and the float32 sum with the base's
-            logits += completion * a.vocab * 4 * 2
     update = {"activations": activations, "completion logits": logits}
     if p.sharded:
         update["gathered layers (2)"] = 2 * a.layer_params() * b
