@@ -27,15 +27,13 @@ batches do. The CPU cores other processes kept busy meanwhile are printed beside
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 from transformers import GenerationConfig
 
 from abspo.rollout import DecodingConfig, generate
-from abspo.timing import measured, synchronize
+from abspo.timing import measured, synchronize, write_report
 
 COMPILE_MODE = "reduce-overhead"
 """Transformers' default: CUDA graphs on a GPU; on a CPU inductor skips the graphs and this is its default mode."""
@@ -235,9 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         print_figures(f"{args.model} ({args.dtype}), {args.prompts} prompts x {args.new_tokens} new tokens per batch, "
                       f"{torch.get_num_threads()} threads, {args.batches - 1} batches after the first", figures)
     report = {"args": vars(args), "threads": torch.get_num_threads(), "figures": figures}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.json}")
+    write_report(report, args.json)
     return report
 
 

@@ -24,9 +24,7 @@ pass it watches).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -35,7 +33,7 @@ from abspo.data import SeedDataModule
 from abspo.game import GameConfig, defender_prompt
 from abspo.models import BaseModel, load_base
 from abspo.rollout import build_scoring_batch, completion_logprobs
-from abspo.timing import measured, tensor_peak
+from abspo.timing import measured, tensor_peak, write_report
 
 PATHS = {"logits": False, "head": True}
 
@@ -124,9 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{path:<8} {r['gradient_s']:11.3f} {r['no-grad_s']:10.3f} {r['gradient_peak_mib']:18.0f} "
                   f"{r['no-grad_peak_mib']:17.0f}")
         print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items()), flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.json}")
+    write_report(report, args.json)
     return report
 
 

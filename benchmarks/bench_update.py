@@ -43,7 +43,7 @@ from abspo.game import Exchange, GameConfig, defender_prompt, read_defender_turn
 from abspo.models import BaseModel, load_base
 from abspo.module import SelfPlayModule
 from abspo.rollout import sampling_config
-from abspo.timing import measured, tensor_peak
+from abspo.timing import measured, tensor_peak, write_report
 
 LR = 1e-4
 PHASES = ("rollout", "judge", "no_grad_passes", "gradient_pass", "optimizer")
@@ -346,9 +346,7 @@ def main() -> None:
         report["dtypes"][dtype] = {**result, "ratios": ratios}
     if args.memory:
         report["memory"] = memory(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.json}")
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,20 @@ def test_tensor_peak_is_the_most_that_tensors_held_at_once():
         x = torch.randn(256, 256, requires_grad=True)  # 256 KiB
         (x @ x).sum().backward()  # the product, the gradients of both factors, x.grad: 256 KiB each
     assert 0.75 <= peak.peak_mib <= 1.5, peak
+
+
+def test_a_report_records_the_machine_it_was_measured_on(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from abspo.timing import write_report
+
+    path = tmp_path / "deep" / "report.json"
+    write_report({"figure": 1.5}, str(path))
+    report = json.loads(path.read_text())
+    assert report["figure"] == 1.5 and f"written: {path}" in capsys.readouterr().out
+    facts = report["machine"]
+    assert facts["torch"] == torch.__version__.split("+")[0] or facts["torch"] == torch.__version__
+    assert facts["cores"] >= 1 and facts["threads"] == torch.get_num_threads() and facts["cpu"]
+    assert isinstance(facts["avx512_bf16"], bool) and facts["memory_gib"] > 0

@@ -151,3 +151,42 @@ SmolLM2 training batch: the RSS of a process measured so is no figure). ``enable
         live -= negative
         peak = max(peak, live)
     out.peak_mib, out.held_mib, out.allocations = peak / 2**20, live / 2**20, len(events)
+
+
+def machine() -> dict[str, object]:
+    """What a benchmark's figures depend on besides the code: CPU model and cores, whether it has bf16 matmul
+    instructions, memory, GPU, library versions and the date. Written into every benchmark's JSON, so that a
+    figure is never read against another machine's."""
+    import datetime
+    import importlib.metadata
+    import platform
+
+    facts: dict[str, object] = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+                                "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            info = fh.read()
+        facts["cpu"] = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                             if line.startswith("model name")), platform.processor())
+        facts["avx512_bf16"] = " avx512_bf16" in info
+        facts["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):  # not Linux
+        facts["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    for package in ("torch", "transformers", "peft", "trl"):
+        try:
+            facts[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return facts
+
+
+def write_report(report: dict, path: str) -> None:
+    """A benchmark's report as JSON at ``path`` (folders made), with :func:`machine` under ``"machine"``."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**report, "machine": machine()}, indent=2))
+    print(f"\nwritten: {path}")
