@@ -104,7 +104,7 @@ def test_checkpointing_shrinks_activations_and_a_plan_that_does_not_fit_says_wha
 def test_inputs_follow_the_training_config():
     p = inputs_from_config(["configs/qwen2.5-7b.yaml"])
     assert (p.base_dtype, p.lora_ranks, p.games, p.micro_batch_size, p.micro_batch_tokens) == (
-        "bfloat16", [32, 32], 128, 8, 2560)
+        "bfloat16", [32, 32], 128, 8, 3840)
     assert p.new_tokens_attacker == 512 and p.judge_params > 7e9 and not p.sharded
     assert inputs_from_config(["configs/tiny-ddp.yaml"]).devices == 2
     assert inputs_from_config(["configs/tiny.yaml"], devices=3).devices == 3

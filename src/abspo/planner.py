@@ -27,9 +27,10 @@ the largest phase):
 - **runtime**: the framework's own memory (CUDA context and allocator slack on a GPU; the Python + torch
   process on a CPU), a constant you can set.
 
-The activation count is an estimate of what autograd keeps for a Qwen2/Llama decoder layer with LoRA on every
-linear layer and SDPA attention (no sequence-squared term): it is validated against measured peaks on CPU by
-``tools/memory_plan.py --validate``, whose error is quoted in ``docs/strategies.md``.
+The activation count is what autograd keeps for a Qwen2/Llama decoder layer with LoRA on every linear layer and
+SDPA attention (no sequence-squared term), equal byte for byte to the saved tensors (``tests/test_planner.py``).
+The whole plan is an upper bound (every row at the longest length); ``tools/memory_plan.py`` measures how far
+above real peaks it lands on CPU, quoted in ``docs/strategies.md``.
 """
 
 from __future__ import annotations
