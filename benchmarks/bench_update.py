@@ -1,7 +1,7 @@
 """One role's update, abspo against TRL's GRPOTrainer, in one process, steps interleaved; then memory per mode.
 
     pip install -e ".[bench]"            # TRL, for the comparison only (never a runtime dependency)
-    python benchmarks/bench_update.py    # ~25 min on 2 CPU cores; --steps, --dtypes, --micro-batch, --no-trl
+    python benchmarks/bench_update.py    # ~65 min on 2 CPU cores (~40 with --no-memory, ~25 with --memory-only)
 
 The same work on both sides: SmolLM2-135M-Instruct, a LoRA adapter (r 16, alpha 16, every linear layer), 8 seed
 prompts x 4 samples (GRPO groups of 4, the defender's turns: ``unrevised_fraction`` 1), at most 64 new tokens at
@@ -334,11 +334,11 @@ def main() -> None:
     data.setup()
     report = {"args": vars(args), "threads": torch.get_num_threads(), "dtypes": {}}
     last = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
-    if args.memory_only:  # keep the timed figures of the last full run
+    if args.memory_only:  # keep the timed figures of the last full run (and its machine)
         report = {**last, "memory_args": vars(args)}
-    elif not args.memory:  # keep the memory figures of the last run that took them
-        if "memory" in last:
-            report.update(memory=last["memory"], memory_args=last.get("memory_args", last.get("args")))
+    elif not args.memory and "memory" in last:  # keep the memory figures of the last run that took them
+        report.update({"memory": last["memory"], "memory_args": last.get("memory_args", last.get("args")),
+                       "memory_machine": last.get("memory_machine", last.get("machine"))})
     for dtype in [] if args.memory_only else args.dtypes:
         result = run(dtype, args, data.stream)
         ratios = summarize(result)
@@ -346,7 +346,7 @@ def main() -> None:
         report["dtypes"][dtype] = {**result, "ratios": ratios}
     if args.memory:
         report["memory"] = memory(args)
-    write_report(report, args.json)
+    write_report(report, args.json, "memory_machine" if args.memory_only else "machine")
 
 
 if __name__ == "__main__":

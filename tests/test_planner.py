@@ -233,7 +233,7 @@ def test_the_completion_logits_term_bounds_the_measured_peak_of_scoring(head):
 @pytest.mark.parametrize("config", ["qwen2.5-3b", "qwen2.5-7b", "qwen2.5-7b-ddp", "qwen2.5-14b-fsdp"])
 def test_every_paper_scale_config_fits_an_80_gib_device(config):
     """The configs are sized by the planner (bf16 base, float32 LoRA inputs counted): none asks for more than 90%
-    of an H100 (7B at micro-batch 4 would: 78 GiB)."""
+    of an H100 (7B with four 1,280-token turns per micro-batch would: 76 GiB)."""
     plan = plan_memory(inputs_from_config([f"configs/{config}.yaml"], device_memory_gib=80))
     assert plan.fits, plan.table()
 

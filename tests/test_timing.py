@@ -38,4 +38,5 @@ def test_a_report_records_the_machine_it_was_measured_on(tmp_path, capsys):
     facts = report["machine"]
     assert facts["torch"] == torch.__version__.split("+")[0] or facts["torch"] == torch.__version__
     assert facts["cores"] >= 1 and facts["threads"] == torch.get_num_threads() and facts["cpu"]
-    assert isinstance(facts["avx512_bf16"], bool) and facts["memory_gib"] > 0
+    assert facts["avx512_bf16"] in (True, False, None)
+    assert facts["memory_gib"] is None or facts["memory_gib"] > 0

@@ -29,8 +29,9 @@ the largest phase):
 
 The activation count is what autograd keeps for a Qwen2/Llama decoder layer with LoRA on every linear layer and
 SDPA attention (no sequence-squared term), equal byte for byte to the saved tensors (``tests/test_planner.py``).
-The whole plan is an upper bound (every row at the longest length); ``tools/memory_plan.py`` measures how far
-above real peaks it lands on CPU, quoted in ``docs/strategies.md``.
+The whole plan is an upper bound on tensors (every row at the longest length); ``tools/memory_plan.py`` measures
+it on CPU against peak RSS (``docs/strategies.md``) and against the peak of tensor memory
+(``docs/performance.md``).
 """
 
 from __future__ import annotations

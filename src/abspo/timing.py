@@ -154,24 +154,29 @@ SmolLM2 training batch: the RSS of a process measured so is no figure). ``enable
 
 
 def machine() -> dict[str, object]:
-    """What a benchmark's figures depend on besides the code: CPU model and cores, whether it has bf16 matmul
-    instructions, memory, GPU, library versions and the date. Written into every benchmark's JSON, so that a
-    figure is never read against another machine's."""
+    """What a benchmark's figures depend on besides the code: CPU model and cores, whether it has x86's bf16
+    matmul instructions (AVX512-BF16; None where that cannot be read, as off Linux), memory, GPU, library
+    versions and the date. Written into every benchmark's JSON, so that a figure is never read against another
+    machine's."""
     import datetime
     import importlib.metadata
     import platform
 
     facts: dict[str, object] = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-                                "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+                                "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                                "cpu": platform.processor() or platform.machine(), "avx512_bf16": None}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             info = fh.read()
         facts["cpu"] = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                             if line.startswith("model name")), platform.processor())
+                             if line.startswith("model name")), facts["cpu"])
         facts["avx512_bf16"] = " avx512_bf16" in info
+    except OSError:  # not Linux
+        pass
+    try:
         facts["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, ValueError):  # not Linux
-        facts["cpu"] = platform.processor()
+    except (AttributeError, OSError, ValueError):  # Windows
+        facts["memory_gib"] = None
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name()
     for package in ("torch", "transformers", "peft", "trl"):
@@ -182,11 +187,12 @@ def machine() -> dict[str, object]:
     return facts
 
 
-def write_report(report: dict, path: str) -> None:
-    """A benchmark's report as JSON at ``path`` (folders made), with :func:`machine` under ``"machine"``."""
+def write_report(report: dict, path: str, machine_key: str = "machine") -> None:
+    """A benchmark's report as JSON at ``path`` (folders made), with :func:`machine` under ``machine_key`` (a
+    report that merges figures of several runs keeps each run's machine under its own key)."""
     import json
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({**report, "machine": machine()}, indent=2))
+    Path(path).write_text(json.dumps({**report, machine_key: machine()}, indent=2))
     print(f"\nwritten: {path}")
