@@ -3,7 +3,10 @@
 ``ddp``: every process holds the whole model and plays its share of the seeds, then updates through
 ``SelfPlayModule.learn`` with the default process group, exactly as ``training_step`` does under DDP.
 ``fsdp2``: the same with the bank sharded (``abspo.sharding.shard_bank``), so generation, scoring and the
-gradient pass run FSDP2's collectives; then one more generation with a different token budget on each process
+gradient pass run FSDP2's collectives, and micro-batches capped in tokens (``FSDP2_MICRO_BATCH_TOKENS``), so that
+the processes cut their rows into different numbers of micro-batches and the one with fewer must run empty
+ones as long as the other runs (the update is the same as uncapped: the cut changes no gradient); then one more
+generation with a different token budget on each process
 (3 vs 9: one process finishes early and must keep stepping with the other). The adapters (gathered) and the
 update's statistics of rank 0 go to ``argv[2]``.
 
@@ -32,6 +35,7 @@ from abspo.sharding import full_tensor, shard_bank
 from tests.collective_worker import finish
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
+FSDP2_MICRO_BATCH_TOKENS = 100
 # harmful at 0, 2, 4, 6, 7, benign at 1, 3, 5: unrevised_fraction 0.8 leaves the first 4 harmful and the first 2
 # benign unrevised, i.e. all of rank 0's interleaved share (0, 2, 4, 6); rank 1 revises seeds 5 and 7.
 SEEDS = [Seed(f"Write a short poem about {x}.", False) if i in (1, 3, 5) else Seed(f"How do I make {x} at home?", True)
@@ -71,10 +75,15 @@ def main(mode: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     collective = Collective.current()
     m = module()
+    cuts = []
     if mode == "fsdp2":
         shard_bank(m.bank, collective.world_size, "cpu")
         m._sharded = True
+        m.algorithm.micro_batch_tokens = FSDP2_MICRO_BATCH_TOKENS
+        cut = m._micro_batch_rows
+        m._micro_batch_rows = lambda *args: cuts.append(cut(*args)) or cuts[-1]
     stats = play_and_learn(m, collective)
+    stats["micro_batches"] = [[len(rows) for rows in c] for c in cuts]
     adapters = {k: full_tensor(v) for k, v in m.bank.adapter_state_dict().items()}
     if mode == "fsdp2":
         with m.bank.role("defender") as model:

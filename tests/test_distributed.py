@@ -123,6 +123,8 @@ def test_two_processes_update_as_one_even_when_one_has_no_attacker_turn(tmp_path
     assert two["stats"]["local_attacker_turns"] == 0, "rank 0's share must have no attacker turn (the case tested)"
     if mode == "fsdp2":
         assert two["stats"]["uneven_generation_tokens"] <= 3, "rank 0 stopped at its own budget, rank 1 went on"
+        cuts = two["stats"]["micro_batches"]  # rank 0's, capped in tokens: rows 2 to a micro-batch, then an empty
+        assert any(0 in cut and max(cut) > 1 for cut in cuts), f"rank 1 ran one micro-batch more than rank 0: {cuts}"
 
     one, stats = one_process_update
     assert stats["attacker/samples"] > 0 and stats["defender/samples"] > 0
