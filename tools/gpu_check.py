@@ -15,7 +15,8 @@ For each base it runs a warm-up step (8 games, 16 tokens: CUDA context, kernels)
 configured size through the module's own ``play`` and ``learn`` (attacker rollouts, defender rollouts, judge,
 old/anchor log-probs, both roles' gradient passes and optimizer steps), and prints the step time by phase,
 rollout tokens per second and peak device memory next to the planner's estimate for the same settings
-(:mod:`abspo.planner`). ``--json PATH`` writes the figures (after each model, so a run cut short keeps them).
+(:mod:`abspo.planner`). Its micro-batches are capped in padded tokens at the most longest turns the planner fits
+(``--turns``), as the Qwen configs are. ``--json PATH`` writes the figures (after each model, so a run cut short keeps them).
 
 Last, on a fresh copy of the first model (the 7B), it compares the rollout decoding options on the defender's turns
 of the seed stream's games (``benchmarks/bench_rollouts.py``'s :func:`decoding_figures`, calls interleaved):
@@ -43,7 +44,7 @@ from abspo.game import GameConfig, defender_prompt
 from abspo.judges.base import Judge, Verdict
 from abspo.models import BaseModel, architecture_config, load_tokenizer
 from abspo.module import SelfPlayModule
-from abspo.planner import Architecture, MemoryPlan, PlanInputs, plan_memory
+from abspo.planner import Architecture, MemoryPlan, PlanInputs, longest_turn_tokens, plan_memory
 from abspo.timing import synchronize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: benchmarks/ beside tools/
@@ -84,9 +85,10 @@ def random_model(config, device: str, dtype: torch.dtype):
 
 
 def build_module(name: str, tokenizer, judge: Judge, device: str, dtype: torch.dtype, games: int, new_tokens: int,
-                 micro_batch: int, rank: int) -> SelfPlayModule:
+                 turns: int, rank: int) -> SelfPlayModule:
     """A SelfPlayModule on a random-init base of ``name``'s shapes (the module is built on the meta device, then
-    its bank is replaced by one on the random base)."""
+    its bank is replaced by one on the random base), its micro-batches capped at ``turns`` of the longest turns'
+    padded tokens (:func:`micro_batch_caps`), as the Qwen configs are."""
     config = architecture_config(name)
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     spec = BankSpec(adapters={r: LoraSpec(r=rank, alpha=rank) for r in ("attacker", "defender")})
@@ -94,7 +96,7 @@ def build_module(name: str, tokenizer, judge: Judge, device: str, dtype: torch.d
         base=BaseModel(name_or_path=MODELS["7b"]), bank=spec, judge=judge, meta_device=True,
         optimizers={"attacker": OptimizerConfig(lr=1e-5), "defender": OptimizerConfig(lr=4e-5)},
         game=GameConfig(max_new_tokens_attacker=new_tokens, max_new_tokens_defender=new_tokens, attacker_format="plain"),
-        algorithm=AlgorithmConfig(micro_batch_size=micro_batch))
+        algorithm=AlgorithmConfig(**micro_batch_caps(turns, new_tokens)))
     base = random_model(config, device, dtype)
     base.generation_config.pad_token_id = tokenizer.pad_token_id
     module.bank = AdapterBank(base, spec)
@@ -126,25 +128,30 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
             "updated": sorted(k for k in stats if k.endswith("/grad_norm"))}
 
 
-def gpu_plan(name: str, tokenizer, games: int, new_tokens: int, micro_batch: int, rank: int, judge_params: float,
+def micro_batch_caps(turns: int, new_tokens: int) -> dict[str, int]:
+    """``micro_batch_tokens`` for ``turns`` of the longest turns the planner assumes (a 256-token prompt plus
+    both roles' new tokens), and ``micro_batch_size`` four times ``turns``, so that short turns run wider."""
+    return {"micro_batch_size": 4 * turns, "micro_batch_tokens": turns * longest_turn_tokens(new_tokens, new_tokens)}
+
+
+def gpu_plan(name: str, tokenizer, games: int, new_tokens: int, turns: int, rank: int, judge_params: float,
              device_gib: float | None = None) -> MemoryPlan:
     """abspo's memory plan of the check's step for base ``name`` (on a device of ``device_gib``, if known)."""
     config = architecture_config(name)
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     inputs = PlanInputs(arch=Architecture.from_hf_config(config), base_dtype="bfloat16", lora_ranks=[rank, rank],
                         games=games, new_tokens_attacker=new_tokens, new_tokens_defender=new_tokens,
-                        micro_batch_size=micro_batch, judge_params=judge_params, device_memory_gib=device_gib)
+                        judge_params=judge_params, device_memory_gib=device_gib, **micro_batch_caps(turns, new_tokens))
     return plan_memory(inputs)
 
 
-def fitting_micro_batch(name: str, tokenizer, games: int, new_tokens: int, rank: int, judge_params: float,
-                        device_gib: float | None) -> int:
-    """The largest micro-batch of 8, 4, 2, 1 whose plan fits the device (``MemoryPlan.fits``: 90% of its memory;
-    1 if none does; the largest when the device's memory is unknown). An H100 holds the 7B step at 4 and the 14B
-    one at 2 only."""
-    for micro_batch in (8, 4, 2):
-        if gpu_plan(name, tokenizer, games, new_tokens, micro_batch, rank, judge_params, device_gib).fits is not False:
-            return micro_batch
+def fitting_turns(name: str, tokenizer, games: int, new_tokens: int, rank: int, judge_params: float,
+                  device_gib: float | None) -> int:
+    """The most longest turns per micro-batch, of 8 down to 1, whose plan fits the device (``MemoryPlan.fits``: 90%
+    of its memory; 1 if none does; 8 when the device's memory is unknown)."""
+    for turns in range(8, 1, -1):
+        if gpu_plan(name, tokenizer, games, new_tokens, turns, rank, judge_params, device_gib).fits is not False:
+            return turns
     return 1
 
 
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--games", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--micro-batch", type=int, help="default: per model, the largest of 8, 4, 2, 1 that abspo's "
-                        "planner fits in 90%% of the device's memory")
+    parser.add_argument("--turns", type=int, help="longest turns per micro-batch (its micro_batch_tokens; default: "
+                        "per model, the most of 8 down to 1 that abspo's planner fits in 90%% of the device's memory)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--no-judge", action="store_true", help="skip the colocated judge model")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: SmolLM2's, from the abspo cache)")
@@ -205,18 +212,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.manual_seed(0)
         start = time.perf_counter()
         device_gib = torch.cuda.get_device_properties(0).total_memory / GIB if device == "cuda" else None
-        micro_batch = args.micro_batch or fitting_micro_batch(name, tokenizer, games, new_tokens, args.rank,
-                                                              judge_params, device_gib)
-        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, micro_batch, args.rank)
+        turns = args.turns or fitting_turns(name, tokenizer, games, new_tokens, args.rank, judge_params, device_gib)
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, turns, args.rank)
         built = time.perf_counter() - start
         warm = replace(module.game, max_new_tokens_attacker=16, max_new_tokens_defender=16)
         full, module.game = module.game, warm
         timed_step(module, data.stream.batch(0).seeds[:8], device)
         module.game = full
         figures = timed_step(module, data.stream.batch(1).seeds, device)
-        figures.update(model=name, games=games, new_tokens=new_tokens, micro_batch=micro_batch, rank=args.rank,
-                       build_s=built, judge_params=judge_params,
-                       planned_gib=gpu_plan(name, tokenizer, games, new_tokens, micro_batch, args.rank,
+        figures.update(model=name, games=games, new_tokens=new_tokens, turns=turns, rank=args.rank,
+                       **micro_batch_caps(turns, new_tokens), build_s=built, judge_params=judge_params,
+                       planned_gib=gpu_plan(name, tokenizer, games, new_tokens, turns, args.rank,
                                             judge_params).peak_bytes / GIB)
         rows.append(figures)
         _write(args.json, rows)
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.cuda.empty_cache()
     if not args.no_decoding:  # last, on a fresh copy of the first base: a run cut short keeps the step figures
         name = names[0]
-        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.micro_batch or 1,
+        module = build_module(name, tokenizer, judge, device, dtype, games, new_tokens, args.turns or 1,
                               args.rank)  # no update here: the micro-batch plays no part
         batches = [[defender_prompt(tokenizer, module.game, s.prompt) for s in data.stream.batch(i).seeds]
                    for i in range(2, 3 + args.decoding_batches)]

@@ -131,6 +131,13 @@ def activation_bytes_per_token_layer(arch: Architecture, dtype_bytes: int, train
     return norms + attention + mlp + trained_inputs + 7 * lora_rank * 4
 
 
+def longest_turn_tokens(new_tokens_attacker: int, new_tokens_defender: int, prompt_tokens: int | None = None) -> int:
+    """The longest turn a plan sizes for: its prompt (``prompt_tokens``; by default 256 for the chat template,
+    instruction and seed, plus the attacker's rewrite in the defender's prompt) and the larger new-token budget."""
+    prompt = prompt_tokens if prompt_tokens is not None else 256 + new_tokens_attacker
+    return prompt + max(new_tokens_attacker, new_tokens_defender)
+
+
 @dataclass
 class PlanInputs:
     """Everything the plan depends on (built from a training config by :func:`inputs_from_config`)."""
@@ -175,9 +182,7 @@ class PlanInputs:
 
     @property
     def longest_tokens(self) -> int:
-        """The longest turn: its prompt plus the larger new-token budget."""
-        prompt = self.prompt_tokens if self.prompt_tokens is not None else 256 + self.new_tokens_attacker
-        return prompt + max(self.new_tokens_attacker, self.new_tokens_defender)
+        return longest_turn_tokens(self.new_tokens_attacker, self.new_tokens_defender, self.prompt_tokens)
 
     @property
     def micro_batch_rows(self) -> int:
