@@ -30,6 +30,13 @@ class AlgorithmConfig:
     """Weight of the KL penalty to the anchor (the frozen base)."""
     kl_mode: Literal["reward_k1", "loss_k3"] = "reward_k1"
     """reward_k1: per-token k1 penalty inside the reward (Self-RedTeam); loss_k3: k3 estimator added to the loss."""
+    kl_precision: Literal["model", "float32"] = "model"
+    """Arithmetic of the two no-gradient passes the KL compares (the role before its update, and the anchor).
+    model: the base's dtype. float32: float32 ops on the 16-bit weights, no float32 copy of them
+    (abspo.precision): with a bfloat16 base each pass otherwise rounds its own way, and on SmolLM2 an adapter that
+    has not moved reads a KL of 3e-3 per token instead of 6e-7, a floor as large as the KL a run starts with.
+    Costs float32 matmuls in those passes; changes nothing with a float32 base. With reward_k1 and one update
+    epoch only (loss_k3 and later epochs compare against the gradient pass, which stays in the model's dtype)."""
     update_epochs: int = 1
     """Passes over each batch of games, each ending in an optimizer step of the role (PPO-style reuse): the
     second pass sees the weights the first one moved, its ratio pi / pi_old is taken against the log-probs the
@@ -71,6 +78,12 @@ class AlgorithmConfig:
             raise ConfigError("model.algorithm.old_logprobs", "sampler log-probs cannot be the PPO ratio's denominator "
                               f"(update_epochs={self.update_epochs}): they differ from a recompute by rounding, so the "
                               "first pass's ratio would not be exactly 1", "use old_logprobs: recompute")
+        if self.kl_precision == "float32" and (self.kl_mode != "reward_k1" or self.update_epochs > 1):
+            raise ConfigError("model.algorithm.kl_precision", "float32 scoring covers the two no-gradient passes "
+                              "of a reward_k1 KL with one update epoch; here the KL or the PPO ratio would compare "
+                              f"them with the gradient pass (kl_mode={self.kl_mode}, update_epochs="
+                              f"{self.update_epochs}), which computes in the model's dtype",
+                              "use kl_mode: reward_k1 and update_epochs: 1, or kl_precision: model")
         if self.update_epochs > 1 and self.accumulate_batches > 1:
             # Accumulating over batches means one step per k batches; several passes mean several steps per batch.
             raise ConfigError("model.algorithm.update_epochs", f"update_epochs={self.update_epochs} (a step per pass) "

@@ -62,6 +62,7 @@ from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt
 from abspo.judges.base import Judge
 from abspo.models import BaseModel, empty_base, load_base, meta_model, weight_folder
 from abspo.micro_batches import micro_batches
+from abspo.precision import float32_compute
 from abspo.rewards import DEFAULT_TABLE, resolve_table, score_exchanges
 from abspo.rollout import Generation, build_scoring_batch, completion_logprobs, generate
 from abspo.sharding import full_tensor, gathered, load_shards, shard_bank
@@ -320,8 +321,10 @@ class SelfPlayModule(L.LightningModule):
         gradient pass's own log-probs, detached: with one epoch they are the same numbers, and nothing needs them
         earlier unless REINFORCE++ whitens a k1 KL reward over the batch before the first backward)."""
         cfg = self.algorithm
-        needed_first = cfg.update_epochs > 1 or (cfg.estimator == "reinforce_pp" and cfg.kl_mode == "reward_k1"
-                                                 and cfg.kl_coef != 0)
+        k1_reward = cfg.kl_mode == "reward_k1" and cfg.kl_coef != 0
+        # (float32 KL passes: the role's own pass must be one of them, not the gradient pass in the model's dtype)
+        needed_first = cfg.update_epochs > 1 or k1_reward and (cfg.estimator == "reinforce_pp"
+                                                                or cfg.kl_precision == "float32")
         return cfg.old_logprobs if needed_first else "gradient_pass"
 
     @property
@@ -776,18 +779,23 @@ class SelfPlayModule(L.LightningModule):
     @torch.no_grad()
     def _reference_logprobs(self, role: str, samples, with_role: bool = True):
         """Log-probs [N, T] of the sampled completions under the anchor and (``with_role``) under the role before
-        its update, at the sampling temperature, with the completion mask: (old or None, ref, mask)."""
+        its update, at the sampling temperature, with the completion mask: (old or None, ref, mask). With
+        ``kl_precision: float32`` both passes compute in float32 (:mod:`abspo.precision`), so that their difference,
+        the KL, is not mostly the rounding of two 16-bit forwards."""
         n, t = len(samples), max([1] + [len(s[1]) for s in samples])
         old, ref, mask = (torch.zeros(n, t) for _ in range(3))
+        device_type = self.device.type
+        precise = ((lambda: float32_compute(device_type)) if self.algorithm.kl_precision == "float32"
+                   else contextlib.nullcontext)
         for rows in self._micro_batch_rows([s[0] for s in samples], [s[1] for s in samples]):
             chunk = [samples[i] for i in rows]
             batch = (build_scoring_batch([s[0] for s in chunk], [s[1] for s in chunk], self._pad_id(), self.device)
                      if chunk else self._dummy_scoring_batch())
             scored = {}
             if with_role:
-                with self.clock("score/old"), self.bank.role(role) as model:
+                with self.clock("score/old"), self.bank.role(role) as model, precise():
                     scored["old"] = self._score(model, batch)
-            with self.clock("score/anchor"), self.bank.anchor() as model:
+            with self.clock("score/anchor"), self.bank.anchor() as model, precise():
                 scored["ref"] = self._score(model, batch)
             if chunk:
                 index, width = torch.tensor(rows), batch.completion_ids.shape[1]

@@ -1,0 +1,64 @@
+"""Float32 arithmetic on a 16-bit model, for the passes whose log-probs are compared with each other.
+
+The KL to the anchor is a difference of two log-probs of the same tokens: under the role (base + adapter) and under
+the anchor (the base alone). In bfloat16 each of those forwards rounds its activations at every op, and two forwards
+whose weights differ by a near-zero adapter round differently: on SmolLM2 the per-token KL of an adapter that has
+not moved reads ~0.002 in bfloat16 against ~4e-6 in float32 (docs/performance.md), a floor as large as the KL a
+run starts with. The weights are not the problem (both forwards read the same bfloat16 values); the arithmetic is.
+
+:class:`Float32Compute` runs every op of a block in float32: a bfloat16 or float16 tensor argument is upcast when an
+op reads it, and a cast back to 16 bits inside the model's code (RMSNorm's ``.to(input_dtype)``) is kept at
+float32. So a 16-bit model scores as the float32 model with the same weight values would, without a float32 copy of
+its weights in memory: each weight is upcast as its op runs and freed after (the last one upcast is kept, so a
+chunked LM head reuses one copy). It is meant for no-gradient scoring passes (``AlgorithmConfig.kl_precision``);
+the cost is float32 matmuls in those passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class Float32Compute(TorchFunctionMode):
+    """Inside the block, ops compute in float32 whatever the dtype of their 16-bit tensor arguments (module
+    docstring). Tensors already float32, integer or boolean pass through; results are float32."""
+
+    def __init__(self):
+        super().__init__()
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (parameter, its version, float32 copy)
+
+    def _upcast(self, x):
+        if isinstance(x, torch.dtype):
+            return torch.float32 if x in LOW_PRECISION else x  # a cast to 16 bits inside the model stays float32
+        if not isinstance(x, torch.Tensor) or x.dtype not in LOW_PRECISION:
+            return x
+        if isinstance(x, torch.nn.Parameter):  # a weight: one copy while consecutive ops read it (a chunked head)
+            if self._last is None or self._last[0] is not x or self._last[1] != x._version:
+                self._last = (x, x._version, x.float())
+            return self._last[2]
+        return x.float()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "__get__":  # attribute reads (.dtype, .shape) see the real tensor
+            return func(*args, **(kwargs or {}))
+        args, kwargs = tree_map(self._upcast, (args, kwargs or {}))
+        return func(*args, **kwargs)
+
+    def __exit__(self, *exc):
+        self._last = None
+        return super().__exit__(*exc)
+
+
+@contextmanager
+def float32_compute(device_type: str) -> Iterator[None]:
+    """Ops in the block compute in float32 (:class:`Float32Compute`), autocast off on ``device_type`` too (under
+    ``trainer.precision: bf16-mixed`` autocast would turn a float32 matmul back into a bfloat16 one)."""
+    with torch.autocast(device_type, enabled=False), Float32Compute():
+        yield
