@@ -23,6 +23,8 @@ import argparse
 import contextlib
 import copy
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -31,7 +33,9 @@ from abspo.models import BaseModel, load_base
 from abspo.precision import float32_compute
 from abspo.rollout import completion_logprobs
 from abspo.timing import measured, write_report
-from benchmarks.bench_scoring import micro_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the package beside it
+from benchmarks.bench_scoring import micro_batch  # noqa: E402
 
 WAYS = ("model", "float32", "exact")
 

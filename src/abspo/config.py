@@ -33,9 +33,10 @@ class AlgorithmConfig:
     kl_precision: Literal["model", "float32"] = "model"
     """Arithmetic of the two no-gradient passes the KL compares (the role before its update, and the anchor).
     model: the base's dtype. float32: float32 ops on the 16-bit weights, no float32 copy of them
-    (abspo.precision): with a bfloat16 base each pass otherwise rounds its own way, and on SmolLM2 an adapter that
-    has not moved reads a KL of 3e-3 per token instead of 6e-7, a floor as large as the KL a run starts with.
-    Costs float32 matmuls in those passes; changes nothing with a float32 base. With reward_k1 and one update
+    (abspo.precision): with a bfloat16 base each pass otherwise rounds its own way, and on SmolLM2 a near-zero
+    adapter reads a KL of 2.9e-3 per token instead of 4.3e-7, a floor as large as the KL a run starts with.
+    Costs float32 matmuls in those passes (1.9x their time on a CPU with bf16 instructions; unmeasured on GPUs);
+    changes nothing with a float32 base. With reward_k1 and one update
     epoch only (loss_k3 and later epochs compare against the gradient pass, which stays in the model's dtype)."""
     update_epochs: int = 1
     """Passes over each batch of games, each ending in an optimizer step of the role (PPO-style reuse): the
