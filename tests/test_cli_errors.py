@@ -207,12 +207,14 @@ def test_rollout_decoding_settings_that_cannot_work(capsys, tmp_path):
      "model.algorithm.old_logprobs: sampler log-probs under trainer.precision bf16-true"),
     (["--trainer.strategy", "{class_path: abspo.strategies.FSDP2Strategy, init_args: {save_distributed_checkpoint: "
       "false}}"], "trainer.strategy.init_args.save_distributed_checkpoint: FSDP2Strategy writes adapter-only"),
+    (["--trainer.strategy", "abspo.strategies.FSDP2Strategy", "--model.algorithm.kl_precision", "float32"],
+     "model.algorithm.kl_precision: float32 KL passes under FSDP2 are not supported yet"),
     (["--trainer.strategy", "ddpx"], "trainer.strategy: You selected an invalid strategy name"),
     (["--trainer.strategy", "abspo.strategies.FSDP2Strateg"], "trainer.strategy: 'abspo.strategies.FSDP2Strateg' "
                                                                "names no Lightning Strategy class"),
     (["--trainer.devices", "0"], "trainer.devices: `Trainer(devices='0')` value is not a valid input"),
     (["--trainer.accelerator", "gpu"], "trainer.accelerator: No supported gpu backend found. Fix: use cpu"),
-], ids=["fsdp2-static-cache", "sampler-bf16", "fsdp2-one-file", "strategy-name", "strategy-class-path", "devices", "accelerator"])
+], ids=["fsdp2-static-cache", "sampler-bf16", "fsdp2-one-file", "fsdp2-float32-kl", "strategy-name", "strategy-class-path", "devices", "accelerator"])
 def test_a_strategy_or_precision_the_loop_cannot_run_under_writes_nothing(capsys, tmp_path, args, words):
     """Lightning's own refusals of a Trainer value are one line naming the trainer.* key too; a strategy given as a
     class path string (the first case) is the class with its defaults."""

@@ -63,6 +63,10 @@ def test_plan_arithmetic_by_hand():
     assert alone.phases["update"]["activations"] * 2 == plan.phases["update"]["activations"]
     assert alone.phases["update"]["completion logits"] == 7 * 100 * (2 + 4 * 3)
     assert plan.peak_bytes == plan.persistent_bytes + max(plan.phase_bytes(k) for k in plan.phases)
+    # float32 KL passes on a bf16 base: the LM head widened (100 x 8), one float32 chunk of logits x 3
+    precise = plan_memory(replace(p, float32_kl=True)).phases["KL passes (float32)"]
+    assert precise == {"float32 LM head": 100 * 8 * 4, "float32 logits chunk": 14 * 100 * 4 * 3}
+    assert "KL passes (float32)" not in plan_memory(replace(p, float32_kl=True, base_dtype="float32")).phases
 
 
 def test_modes_change_what_is_trained():
@@ -117,10 +121,10 @@ def test_an_adapter_on_the_lm_head_and_a_token_cap_are_read_from_the_config(tmp_
     config = tmp_path / "head.yaml"
     config.write_text(yaml.safe_dump({"model": {"base": {"name_or_path": "tiny-qwen2"}, "bank": {"adapters": {
         "attacker": {"r": 4}, "defender": {"r": 4, "target_modules": targets}}},
-        "algorithm": {"micro_batch_tokens": 300}}}))
+        "algorithm": {"micro_batch_tokens": 300, "kl_precision": "float32"}}}))
     assert targets_head(targets) is adapted
     inputs = inputs_from_config([str(config)])
-    assert inputs.head_adapters == [False, adapted] and inputs.micro_batch_tokens == 300
+    assert inputs.head_adapters == [False, adapted] and inputs.micro_batch_tokens == 300 and inputs.float32_kl
 
 
 def test_plan_command_can_lift_the_configs_token_cap(capsys):

@@ -99,7 +99,7 @@ def test_float32_compute_also_turns_autocast_off():
     torch.testing.assert_close(got[mask], want[mask], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("change", [{"kl_mode": "loss_k3"}, {"update_epochs": 2}])
+@pytest.mark.parametrize("change", [{"kl_mode": "loss_k3"}, {"update_epochs": 2}, {"old_logprobs": "sampler"}])
 def test_float32_kl_passes_refuse_what_they_would_not_cover(change):
     with pytest.raises(ConfigError) as err:
         AlgorithmConfig(kl_precision="float32", **change).validate()
@@ -134,3 +134,27 @@ def test_the_updates_kl_passes_compute_in_float32_when_asked(judge):
     torch.testing.assert_close(ref[on], ref32[on], atol=1e-6, rtol=0)
     assert (old16 - old32)[on].abs().max() > 1e-3, "the bfloat16 passes round (else this tests nothing)"
     assert (precise.old_logprobs_source, rounded.old_logprobs_source) == ("recompute", "gradient_pass")
+    precise.algorithm.kl_coef = 0.0  # the logged KL then compares two float32 passes too
+    assert precise.old_logprobs_source == "recompute"
+
+
+def test_writes_into_16_bit_tensors_are_refused_and_lookups_stay_exact():
+    """Inside the block a 16-bit tensor from outside is read through a float32 copy: a write into it would land in
+    the copy, so it is an error rather than a lost write. Casts to 16 bits stay float32, bit views stay views, and
+    an embedding lookup gathers before it widens (no float32 copy of the table)."""
+    table = torch.randn(50, 8).to(torch.bfloat16)
+    ids = torch.tensor([3, 7, 7, 49])
+    outside = torch.zeros(4, dtype=torch.bfloat16)
+    with Float32Compute():
+        for write in (lambda: outside.add_(1), lambda: outside.__setitem__(0, 2.0),
+                      lambda: torch.add(outside, 1, out=outside)):
+            with pytest.raises(RuntimeError, match="writes into a torch.bfloat16 tensor"):
+                write()
+        looked_up = torch.nn.functional.embedding(ids, table)
+        assert looked_up.dtype == torch.float32 and torch.equal(looked_up, table.float()[ids])
+        assert (outside + 1).bfloat16().dtype == torch.float32
+        assert outside.view(torch.int16).dtype == torch.int16
+        inside = torch.zeros(4, dtype=torch.bfloat16)  # made inside: float32, free to write
+        inside.add_(1)
+        assert inside.dtype == torch.float32 and list(iter(outside.float())) is not None
+    assert torch.equal(outside, torch.zeros(4, dtype=torch.bfloat16)), "nothing was written"

@@ -35,8 +35,9 @@ class AlgorithmConfig:
     model: the base's dtype. float32: float32 ops on the 16-bit weights, no float32 copy of them
     (abspo.precision): with a bfloat16 base each pass otherwise rounds its own way, and on SmolLM2 a near-zero
     adapter reads a KL of 2.9e-3 per token instead of 4.3e-7, a floor as large as the KL a run starts with.
-    Costs float32 matmuls in those passes (1.9x their time on a CPU with bf16 instructions; unmeasured on GPUs);
-    changes nothing with a float32 base. With reward_k1 and one update
+    Costs float32 matmuls in those passes (1.9x their time on a CPU with bf16 instructions; unmeasured on GPUs)
+    and one float32 copy of the largest weight (the LM head); with a float32 base (and no autocast) it changes no
+    figure, but GRPO recomputes the role's pass. Not under FSDP2 yet. With reward_k1 and one update
     epoch only (loss_k3 and later epochs compare against the gradient pass, which stays in the model's dtype)."""
     update_epochs: int = 1
     """Passes over each batch of games, each ending in an optimizer step of the role (PPO-style reuse): the
@@ -79,6 +80,10 @@ class AlgorithmConfig:
             raise ConfigError("model.algorithm.old_logprobs", "sampler log-probs cannot be the PPO ratio's denominator "
                               f"(update_epochs={self.update_epochs}): they differ from a recompute by rounding, so the "
                               "first pass's ratio would not be exactly 1", "use old_logprobs: recompute")
+        if self.kl_precision == "float32" and self.old_logprobs == "sampler":
+            raise ConfigError("model.algorithm.kl_precision", "float32 KL passes recompute the role's log-probs; "
+                              "old_logprobs: sampler takes them from the sampler instead",
+                              "use old_logprobs: recompute with kl_precision: float32")
         if self.kl_precision == "float32" and (self.kl_mode != "reward_k1" or self.update_epochs > 1):
             raise ConfigError("model.algorithm.kl_precision", "float32 scoring covers the two no-gradient passes "
                               "of a reward_k1 KL with one update epoch; here the KL or the PPO ratio would compare "

@@ -276,6 +276,10 @@ class SelfPlayModule(L.LightningModule):
             raise ConfigError("model.rollout.hf.cache", "a static cache (and compiled decoding) under FSDP2 is untested "
                               "with its lockstep generation (synced_gpus), where a hang would stall every process",
                               "use model.rollout.hf.cache: dynamic under FSDP2 (ddp allows static and compile: each process generates on its own)")
+        if isinstance(strategy, FSDP2Strategy) and self.algorithm.kl_precision == "float32":
+            raise ConfigError("model.algorithm.kl_precision", "float32 KL passes under FSDP2 are not supported yet "
+                              "(FSDP2 gathers a layer's weights inside the pass, which float32 arithmetic must not see)",
+                              "use kl_precision: model under FSDP2, or trainer.strategy: ddp")
         if isinstance(strategy, FSDP2Strategy) and self.mode == "shared_full":
             raise ConfigError("model.mode", "shared_full is not supported under FSDP2 (the trained policy and its "
                               "frozen reference copy are not sharded)",
@@ -321,10 +325,9 @@ class SelfPlayModule(L.LightningModule):
         gradient pass's own log-probs, detached: with one epoch they are the same numbers, and nothing needs them
         earlier unless REINFORCE++ whitens a k1 KL reward over the batch before the first backward)."""
         cfg = self.algorithm
-        k1_reward = cfg.kl_mode == "reward_k1" and cfg.kl_coef != 0
-        # (float32 KL passes: the role's own pass must be one of them, not the gradient pass in the model's dtype)
-        needed_first = cfg.update_epochs > 1 or k1_reward and (cfg.estimator == "reinforce_pp"
-                                                                or cfg.kl_precision == "float32")
+        # float32 KL passes: the role's own pass must be one of them, not the gradient pass in the model's dtype
+        needed_first = cfg.update_epochs > 1 or cfg.kl_mode == "reward_k1" and (
+            cfg.estimator == "reinforce_pp" and cfg.kl_coef != 0 or cfg.kl_precision == "float32")
         return cfg.old_logprobs if needed_first else "gradient_pass"
 
     @property

@@ -164,6 +164,9 @@ class PlanInputs:
     """model.algorithm.micro_batch_tokens: at most this many padded tokens per micro-batch (a row longer than that
     runs alone)."""
     activation_checkpointing: bool = False
+    float32_kl: bool = False
+    """model.algorithm.kl_precision: float32: the KL's no-gradient passes upcast each weight as it is read, and the
+    LM head's float32 copy lives through its chunks (abspo.precision)."""
     head_adapters: list[bool] = field(default_factory=list)
     """Per adapter (as ``lora_ranks``): whether it targets the LM head (``lm_head`` in ``target_modules``). Its
     LoRA weights on the head count, and scoring takes the plain path (the model's logits and their gradient), as
@@ -326,6 +329,9 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         # FSDP2's root (embeddings, final norm, an untied LM head) stays gathered from a forward to its backward
         update["gathered root"] = (a.vocab * a.hidden * (1 if a.tied_embeddings else 2) + a.hidden) * b * (1 - 1 / shard)
     phases = {"rollouts": rollouts, "update": update}
+    if p.float32_kl and b < 4:
+        phases["KL passes (float32)"] = {"float32 LM head": a.vocab * a.hidden * 4,
+                                         "float32 logits chunk": min(completion, head_chunk_rows(a.vocab)) * a.vocab * 4 * 3}
     if p.judge_params:  # the KV cache of the judge's queries, Mistral-7B/Llama-3-8B shapes (32 layers, 8 x 128 KV)
         phases["judge"] = {"judge KV cache": games * p.judge_tokens * 2 * 32 * 1024 * p.judge_dtype_bytes}
     return MemoryPlan(p, persistent, phases)
@@ -377,6 +383,7 @@ def inputs_from_config(paths: list[str], **overrides) -> PlanInputs:
         micro_batch_tokens=None if algorithm.get("micro_batch_tokens") is None else count(
             algorithm["micro_batch_tokens"], "model.algorithm.micro_batch_tokens"),
         activation_checkpointing=bool(algorithm["activation_checkpointing"]),
+        float32_kl=algorithm.get("kl_precision") == "float32",
         head_adapters=[targets_head((spec or {}).get("target_modules", "all-linear")) for spec in adapters.values()],
         judge_params=JUDGE_PARAMS.get(judge_name, 0.0),
     )

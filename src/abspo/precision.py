@@ -24,6 +24,19 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+_EXACT_IN_16_BITS = {"embedding"}
+"""Ops whose 16-bit result is exact (a table lookup): run as they are, then widened, so that no float32 copy of an
+embedding table is made."""
+_TO_16_BITS = {"bfloat16", "half"}
+
+
+_IN_PLACE_OPERATORS = {f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow",
+                                                 "and", "or", "xor", "lshift", "rshift")} | {"__setitem__"}
+
+
+def _writes_in_place(name: str) -> bool:
+    """``add_``, ``copy_``, ``__setitem__``, ``__iadd__``...: the op writes into its first argument."""
+    return (name.endswith("_") and not name.startswith("__")) or name in _IN_PLACE_OPERATORS
 
 
 class Float32Compute(TorchFunctionMode):
@@ -39,16 +52,28 @@ class Float32Compute(TorchFunctionMode):
             return torch.float32 if x in LOW_PRECISION else x  # a cast to 16 bits inside the model stays float32
         if not isinstance(x, torch.Tensor) or x.dtype not in LOW_PRECISION:
             return x
-        if isinstance(x, torch.nn.Parameter):  # a weight: one copy while consecutive ops read it (a chunked head)
-            if self._last is None or self._last[0] is not x or self._last[1] != x._version:
+        if isinstance(x, torch.nn.Parameter) and not x.is_inference():  # a weight: one copy while consecutive
+            if self._last is None or self._last[0] is not x or self._last[1] != x._version:  # ops read it
                 self._last = (x, x._version, x.float())
             return self._last[2]
         return x.float()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "__get__":  # attribute reads (.dtype, .shape) see the real tensor
-            return func(*args, **(kwargs or {}))
-        args, kwargs = tree_map(self._upcast, (args, kwargs or {}))
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "__get__":  # attribute reads (.dtype, .shape, .T) see the real tensor; the op reading it upcasts
+            return func(*args, **kwargs)
+        if name in _EXACT_IN_16_BITS:  # a lookup: the same values, gathered before they are widened
+            return func(*args, **kwargs).float()
+        if name in _TO_16_BITS:
+            return args[0].float()
+        target = kwargs.get("out", args[0] if args and _writes_in_place(name) else None)
+        if isinstance(target, torch.Tensor) and target.dtype in LOW_PRECISION:
+            raise RuntimeError(f"Float32Compute: {name} writes into a {target.dtype} tensor made outside the block; "
+                               "its float32 copy would take the write and the tensor would not")
+        if name == "view" and any(isinstance(a, torch.dtype) for a in args[1:]):
+            return func(*args, **kwargs)  # a reinterpretation of the bits, not a cast
+        args, kwargs = tree_map(self._upcast, (args, kwargs))
         return func(*args, **kwargs)
 
     def __exit__(self, *exc):
