@@ -35,7 +35,7 @@ class AlgorithmConfig:
     model: the base's dtype. float32: float32 ops on the 16-bit weights, no float32 copy of them
     (abspo.precision): with a bfloat16 base each pass otherwise rounds its own way, and on SmolLM2 a near-zero
     adapter reads a KL of 2.9e-3 per token instead of 4.3e-7, a floor as large as the KL a run starts with.
-    Costs float32 matmuls in those passes (1.9x their time on a CPU with bf16 instructions; unmeasured on GPUs)
+    Costs float32 matmuls in those passes (2.0x their time on a CPU with bf16 instructions; unmeasured on GPUs)
     and one float32 copy of the largest weight (the LM head); with a float32 base (and no autocast) it changes no
     figure, but GRPO recomputes the role's pass. Not under FSDP2 yet. With reward_k1 and one update
     epoch only (loss_k3 and later epochs compare against the gradient pass, which stays in the model's dtype)."""
