@@ -4,7 +4,8 @@ The KL to the anchor is a difference of two log-probs of the same tokens: under 
 the anchor (the base alone). In bfloat16 each of those forwards rounds its activations at every op, and two forwards
 whose weights differ by a near-zero adapter round differently: on SmolLM2 the per-token KL of a near-zero adapter
 reads 2.9e-3 in bfloat16 against 4.3e-7 in float32 (``benchmarks/bench_kl_precision.py``), a floor as large as
-the KL a run starts with. The weights are not the problem (both forwards read the same bfloat16 values); the arithmetic is.
+the KL a run starts with. The weights are not the problem (both forwards read the same bfloat16 values); the
+arithmetic is.
 
 :class:`Float32Compute` runs every op of a block in float32: a bfloat16 or float16 tensor argument is upcast when an
 op reads it, and a cast back to 16 bits inside the model's code (RMSNorm's ``.to(input_dtype)``) is kept at
