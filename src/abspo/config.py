@@ -55,8 +55,8 @@ class AlgorithmConfig:
     alone. None: rows only. The gradients are the same (abspo.micro_batches)."""
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
     """Where the log-probs under the role that sampled a turn come from, when the update needs them before its
-    gradient pass (REINFORCE++ with kl_mode reward_k1, kl_precision float32, or update_epochs > 1; otherwise no pass computes them: the
-    gradient pass's own detached log-probs are the same numbers). recompute: a no-gradient forward of the role
+    gradient pass (REINFORCE++ with kl_mode reward_k1, kl_precision float32, or update_epochs > 1; otherwise no
+    pass computes them: the gradient pass's own detached log-probs are the same numbers). recompute: a no-gradient forward of the role
     over the turns (exact). sampler: the log-probs the sampler drew each token with, recorded during the rollout
     (saves that forward; in float32 they differ from a recompute by ~1e-5 per token, measured on SmolLM2, but in
     bfloat16 by ~0.04, so only a float32 base may use it, and only with one update epoch)."""
