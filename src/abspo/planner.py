@@ -317,9 +317,10 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
         activations = tokens * (a.layers * a.hidden * compute + per_layer)
     else:
         activations = tokens * a.layers * per_layer
+    head_chunk = min(completion, head_chunk_rows(a.vocab)) * a.vocab  # logits of one HeadTokenLogprobs chunk
     if a.fused_head:  # one chunk of rows at a time (abspo.logprobs.HeadTokenLogprobs): its logits in the model
         # dtype, then float32 logits, softmax and gradient
-        logits = min(completion, head_chunk_rows(a.vocab)) * a.vocab * (compute + 4 * 3)
+        logits = head_chunk * (compute + 4 * 3)
     else:  # the model-dtype logits kept for backward and their gradient, plus one float32 chunk of rows
         # (abspo.logprobs.TokenLogprobs: log-softmax, softmax, gradient)
         logits = completion * a.vocab * compute * 2 + min(completion, ROWS_PER_CHUNK) * a.vocab * 4 * 3
@@ -331,7 +332,7 @@ def plan_memory(p: PlanInputs) -> MemoryPlan:
     phases = {"rollouts": rollouts, "update": update}
     if p.float32_kl and b < 4:
         phases["KL passes (float32)"] = {"float32 LM head": a.vocab * a.hidden * 4,
-                                         "float32 logits chunk": min(completion, head_chunk_rows(a.vocab)) * a.vocab * 4 * 3}
+                                         "float32 logits chunk": head_chunk * 4 * 3}
     if p.judge_params:  # the KV cache of the judge's queries, Mistral-7B/Llama-3-8B shapes (32 layers, 8 x 128 KV)
         phases["judge"] = {"judge KV cache": games * p.judge_tokens * 2 * 32 * 1024 * p.judge_dtype_bytes}
     return MemoryPlan(p, persistent, phases)

@@ -133,7 +133,7 @@ def tensor_peak(enabled: bool = True) -> Iterator[TensorPeak]:
     ``abspo plan`` predicts. Peak RSS (:func:`measured`) also counts what is not a tensor: the interpreter and
     libraries (~450 MiB for torch + transformers, the same in every mode) and the pages the C heap keeps after a
     free. Every op is recorded, which slows the block (~10-20%) and holds the records in memory (GBs over a
-SmolLM2 training batch: the RSS of a process measured so is no figure). ``enabled=False`` measures nothing."""
+    SmolLM2 training batch: the RSS of a process measured so is no figure). ``enabled=False`` measures nothing."""
     from torch._C._autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
