@@ -10,8 +10,14 @@ then silently holds nothing, and a role switch in the middle of a step freezes t
 pins ``requires_grad=True`` on every adapter weight once, selects a role's parameters *by name*, and
 switches roles by setting the active adapter on each LoRA layer directly, which only changes routing.
 
-``anchor()`` routes around every adapter: the frozen base, the KL anchor. (That is the right anchor only
-while adapters start at zero, i.e. LoRA B = 0, which is how they are created here.)
+``anchor(role)`` is the role's KL anchor. With ``anchor="base"`` (the paper's) it routes around every adapter:
+the frozen base. That is the right anchor only while a role starts at zero (LoRA B = 0, how adapters are created
+here): a role started from an existing adapter (``LoraSpec.init_from``) sits away from the base at step 0, and
+an anchor to the base pulls it back toward the base (TRL issues 1340, 3194). ``anchor="initial"`` anchors such a
+role to its own starting adapter instead, kept in the bank as a **frozen adapter**: a few megabytes beside the
+trainable ones, never a copy of the base, and switched to like any other adapter (routing only). Frozen adapters
+are a general slot (:meth:`AdapterBank.add_frozen`): any fixed adapter the game needs, a starting point or a past
+opponent, lives there, non-trainable and outside the trainable state.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -32,9 +39,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from abspo.atomic import atomic_folder
+from abspo.digest import file_sha256
 from abspo.errors import ConfigError
 
 ROLES = ("attacker", "defender")
+Anchor = Literal["base", "initial"]
+ANCHORS: tuple[str, ...] = ("base", "initial")
+INITIAL_SUFFIX = "__initial"
+"""A frozen copy of adapter ``a``'s starting point is adapter ``a + INITIAL_SUFFIX``."""
 
 
 @dataclass
@@ -49,6 +61,14 @@ class LoraSpec:
     """Dropout on the adapter input. 0 keeps log-probs deterministic between rollout and update."""
     target_modules: list[str] | str = "all-linear"
     """Module names to adapt, or 'all-linear' (every linear layer but the output head, as in the paper)."""
+    init_from: str | None = None
+    """Start from this PEFT adapter (a folder with adapter_config.json + adapter_model.safetensors, or a hub id
+    that is in your Hugging Face cache or reachable) instead of zero: a safety SFT (`abspo sft`), an earlier run's
+    export. Safetensors only. Its rank, alpha and target modules must equal this spec's. See model.anchor."""
+
+    def __post_init__(self) -> None:
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
 
     def peft_config(self) -> LoraConfig:
         return LoraConfig(
@@ -88,31 +108,89 @@ class BankSpec:
 
     def signature(self) -> dict:
         """What a checkpoint must match to be resumable into this bank."""
-        return {"roles": dict(self.roles), "adapters": {k: asdict(v) for k, v in self.adapters.items()}}
+        # Not init_from's path: the checkpoint records the starting weights' hash instead (a moved folder resumes)
+        adapters = {k: {f: x for f, x in asdict(v).items() if f != "init_from"} for k, v in self.adapters.items()}
+        return {"roles": dict(self.roles), "adapters": adapters}
 
 
 class AdapterBank(nn.Module):
     """LoRA adapters for every role on one frozen base, with role switching that never touches grads."""
 
-    def __init__(self, base: nn.Module, spec: BankSpec):
+    def __init__(self, base: nn.Module, spec: BankSpec, anchor: str = "base"):
         super().__init__()
         spec.validate()
+        if anchor not in ANCHORS:
+            raise ConfigError("model.anchor", f"unknown anchor {anchor!r}", f"use one of {list(ANCHORS)}")
         self.spec = spec
+        self.anchor_kind = anchor
         names = list(spec.adapters)
         self._check_targets(base, spec)
+        # Read every starting adapter before building anything: a bad folder fails before the model is touched.
+        starts = {name: read_initial_adapter(spec.adapters[name], f"model.bank.adapters.{name}.init_from")
+                  for name in names if spec.adapters[name].init_from is not None}
         model = get_peft_model(base, spec.adapters[names[0]].peft_config(), adapter_name=names[0])
         for name in names[1:]:
             model.add_adapter(name, spec.adapters[name].peft_config())
         self.model: PeftModel = model
+        self.frozen: dict[str, str] = {}
+        """Frozen adapter name -> what it holds (its source): non-trainable, not in the trainable state."""
+        self.anchors: dict[str, str] = {}
+        """Trainable adapter -> the frozen adapter that is its KL anchor (absent: the base, adapters off)."""
+        self._initial: dict[str, torch.Tensor] = {}  # parameter name -> starting value, for init_from adapters
+        self.initial_sources: dict[str, dict[str, str]] = {}
+        """Adapter -> its init_from and the sha256 of the weights read: a resume checks it starts from the same."""
+        for name, (folder, state) in starts.items():
+            check_adapter_fits(model, folder, name, f"model.bank.adapters.{name}.init_from",
+                               f"model.bank.adapters.{name}",
+                               f"set model.bank.adapters.{name} (r, alpha, target_modules) to the adapter's "
+                               f"adapter_config.json, and the base to the one it was trained on")
+            check_scaling(model.peft_config[name], saved_adapter_config(folder, f"model.bank.adapters.{name}.init_from"),
+                          folder, f"model.bank.adapters.{name}.init_from", f"model.bank.adapters.{name}",
+                          f"set model.bank.adapters.{name}.alpha to the adapter's lora_alpha")
+            self._initial.update(_keyed_like_model(model, name, state))
+            self.initial_sources[name] = {"init_from": spec.adapters[name].init_from, "sha256": file_sha256(
+                folder / "adapter_model.safetensors")}
+            if anchor == "initial":
+                self._add_frozen(name + INITIAL_SUFFIX, spec.adapters[name], state, f"initial {name} ({folder})")
+                self.anchors[name] = name + INITIAL_SUFFIX
         if not any(p.is_meta for p in model.parameters()):
             with torch.no_grad():
-                for pname, param in self.adapter_state_dict().items():
-                    param.copy_(lora_initial_value(pname, tuple(param.shape)))
+                for pname, param in model.named_parameters():
+                    if self._adapter_of(pname) is not None:
+                        param.copy_(self.initial_value(pname, tuple(param.shape)))
         self._layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-        # Pin grads once: every adapter weight trains, every base weight is frozen. Nothing below flips them.
+        # Pin grads once: every trainable adapter weight trains; the base and frozen adapters do not. Nothing below
+        # flips them.
         for pname, param in model.named_parameters():
-            param.requires_grad_(self._adapter_of(pname) is not None)
+            param.requires_grad_(self.owner_of(pname) is not None)
         self._route(names[0], enabled=True)
+
+    def _add_frozen(self, name: str, lora: LoraSpec, state: dict[str, torch.Tensor], source: str) -> None:
+        self.model.add_adapter(name, lora.peft_config())
+        self._initial.update(_keyed_like_model(self.model, name, state))
+        self.frozen[name] = source
+
+    def add_frozen(self, name: str, lora: LoraSpec, state: dict[str, torch.Tensor], source: str = "") -> None:
+        """Add a frozen, non-trainable adapter ``name`` holding ``state`` (keyed as PEFT saves an adapter, as in
+        ``adapter_model.safetensors``). Route to it with :meth:`use`; it is never in a role's parameters, the
+        trainable state or an optimizer, and training never changes it."""
+        if name in self.model.peft_config:
+            raise ValueError(f"adapter {name!r} exists already")
+        self._add_frozen(name, lora, state, source or name)
+        self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        with torch.no_grad():
+            for pname, param in self.model.named_parameters():
+                if self._adapter_of(pname) == name:
+                    param.copy_(self.initial_value(pname, tuple(param.shape)))
+                    param.requires_grad_(False)
+        self._route(*self._active)
+
+    def initial_value(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The starting value of adapter tensor ``name``: its ``init_from`` adapter's, else PEFT's default
+        (:func:`lora_initial_value`). What a sharded bank built on the meta device fills its shards with."""
+        if name in self._initial:
+            return self._initial[name]
+        return lora_initial_value(name, shape)
 
     # -- parameters -------------------------------------------------------------------------------
     @staticmethod
@@ -124,9 +202,11 @@ class AdapterBank(nn.Module):
         return None
 
     def owner_of(self, param_name: str) -> str | None:
-        """The adapter a parameter (named as in this bank or in a module holding it) belongs to; None for the
-        frozen base. What checkpoints keep: the trainable state and nothing else."""
-        return self._adapter_of(param_name)
+        """The trainable adapter a parameter (named as in this bank or in a module holding it) belongs to; None for
+        the frozen base and for frozen adapters. What checkpoints keep: the trainable state and nothing else (a
+        frozen starting adapter is read again from its ``init_from``, whose hash the checkpoint records)."""
+        adapter = self._adapter_of(param_name)
+        return None if adapter in self.frozen else adapter
 
     @property
     def mode(self) -> str:
@@ -136,6 +216,12 @@ class AdapterBank(nn.Module):
     def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
         """The trainable parameters of one adapter, selected by name (never by requires_grad)."""
         if adapter not in self.spec.adapters:
+            raise KeyError(adapter)
+        return [p for n, p in self.model.named_parameters() if self._adapter_of(n) == adapter]
+
+    def frozen_parameters(self, adapter: str) -> list[nn.Parameter]:
+        """The weights of frozen adapter ``adapter`` (never trained)."""
+        if adapter not in self.frozen:
             raise KeyError(adapter)
         return [p for n, p in self.model.named_parameters() if self._adapter_of(n) == adapter]
 
@@ -149,8 +235,8 @@ class AdapterBank(nn.Module):
         return ((n, p) for n, p in self.model.named_parameters() if self._adapter_of(n) is None)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """All adapter tensors, keyed as in the module's state dict: the whole trainable state."""
-        return {n: p.detach() for n, p in self.model.named_parameters() if self._adapter_of(n) is not None}
+        """All trainable adapter tensors, keyed as in the module's state dict: the whole trainable state."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if self.owner_of(n) is not None}
 
     # -- routing ----------------------------------------------------------------------------------
     def _route(self, adapter: str, enabled: bool) -> None:
@@ -172,14 +258,25 @@ class AdapterBank(nn.Module):
             self._route(*previous)
 
     @contextmanager
-    def anchor(self) -> Iterator[PeftModel]:
-        """Run the frozen base with every adapter switched off: the KL anchor."""
+    def use(self, adapter: str | None) -> Iterator[PeftModel]:
+        """Run the model through adapter ``adapter`` (trainable or frozen), or the base alone for None; restores
+        the previous routing on exit. Routing only: about a millisecond, whatever the model's size."""
+        if adapter is not None and adapter not in self.model.peft_config:
+            raise KeyError(f"unknown adapter {adapter!r}; adapters are {sorted(self.model.peft_config)}")
         previous = self._active
-        self._route(previous[0], enabled=False)
+        self._route(previous[0] if adapter is None else adapter, enabled=adapter is not None)
         try:
             yield self.model
         finally:
             self._route(*previous)
+
+    @contextmanager
+    def anchor(self, role: str | None = None) -> Iterator[PeftModel]:
+        """Run ``role``'s KL anchor: its frozen starting adapter under ``anchor="initial"`` when it started from
+        one, else the frozen base with every adapter switched off (also for ``role=None``)."""
+        frozen = self.anchors.get(self.adapter_for(role)) if role is not None else None
+        with self.use(frozen) as model:
+            yield model
 
     def enable_activation_checkpointing(self) -> None:
         """Recompute each decoder layer in backward instead of keeping its activations. Acts in
@@ -227,15 +324,10 @@ class AdapterBank(nn.Module):
         """
         adapter = self.adapter_for(role)
         folder = Path(folder)
-        saved_config = saved_adapter_config(folder, key)
-        check_adapter_fits(self.model, folder, adapter, key, f"this run's {role} adapter",
-                           f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with")
-        spec = self.model.peft_config[adapter]
-        for field_name, ours in (("lora_alpha", spec.lora_alpha), ("use_rslora", spec.use_rslora)):
-            if saved_config.get(field_name, ours) != ours:
-                raise ConfigError(key, f"adapter {str(folder)!r} has {field_name}={saved_config.get(field_name)!r}, "
-                                  f"this run's {role} adapter {field_name}={ours!r}",
-                                  f"set model.bank.adapters.{adapter} to the spec the adapter was trained with")
+        fix = f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with"
+        check_adapter_fits(self.model, folder, adapter, key, f"this run's {role} adapter", fix)
+        check_scaling(self.model.peft_config[adapter], saved_adapter_config(folder, key), folder, key,
+                      f"this run's {role} adapter", fix)
         state = load_file(str(folder / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, state, adapter_name=adapter)
 
@@ -341,3 +433,69 @@ def check_adapter_fits(model: PeftModel, folder: Path, adapter: str, key: str, b
     if wrong:
         raise ConfigError(key, f"adapter {str(folder)!r} has weights of the wrong shape for {base_name} "
                           f"(e.g. {wrong[0]}: {saved[wrong[0]]} vs {expected[wrong[0]]})", fix)
+
+
+def check_scaling(ours: LoraConfig, saved: dict, folder: Path, key: str, whose: str, fix: str) -> None:
+    """The saved adapter's scaling (``lora_alpha``, rsLoRA) is ``ours``: a different alpha would silently rescale
+    every update it made."""
+    for field_name in ("lora_alpha", "use_rslora"):
+        mine = getattr(ours, field_name)
+        if saved.get(field_name, mine) != mine:
+            raise ConfigError(key, f"adapter {str(folder)!r} has {field_name}={saved.get(field_name)!r}, {whose} "
+                              f"{field_name}={mine!r}", fix)
+
+
+def _saved_key(param_name: str) -> str:
+    """The key PEFT saves an adapter parameter under: its name without the adapter's ('...lora_A.weight')."""
+    parts = param_name.split(".")
+    i = next(i for i, part in enumerate(parts[:-1]) if part.startswith("lora_"))
+    return ".".join(parts[: i + 1] + parts[i + 2:])
+
+
+def _keyed_like_model(model: nn.Module, adapter: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (keyed as in ``adapter_model.safetensors``) keyed by ``adapter``'s parameter names in ``model``."""
+    return {n: state[_saved_key(n)].float().clone() for n, _ in model.named_parameters()
+            if AdapterBank._adapter_of(n) == adapter}
+
+
+def resolve_adapter_folder(source: str, key: str) -> Path:
+    """The local folder of a PEFT adapter: ``source`` itself, or a hub id's snapshot (from the Hugging Face cache;
+    fetched only where your environment reaches the hub, as for a base given by hub id)."""
+    path = Path(source).expanduser()
+    looks_like_path = source.startswith((".", "/", "~")) or path.exists() or source.count("/") != 1
+    if not looks_like_path:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["adapter_config.json", "adapter_model.safetensors"]
+        try:
+            return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached: try the hub, where the user's environment allows it
+            pass
+        try:
+            return Path(snapshot_download(source, allow_patterns=patterns))
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(key, f"{source!r} is neither a folder nor a hub id in your Hugging Face cache "
+                              f"({type(err).__name__})", "point at a PEFT adapter folder, or download the adapter "
+                              "once (huggingface-cli download)") from None
+    if not path.is_dir():
+        raise ConfigError(key, f"{source!r} {'is a file, not' if path.exists() else 'does not exist as'} a folder",
+                          "point at a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), "
+                          "e.g. checkpoints/warm-start/defender")
+    return path
+
+
+def read_initial_adapter(lora: LoraSpec, key: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The folder and tensors of ``lora.init_from``; safetensors only (a pickled ``adapter_model.bin`` can run
+    code when loaded, and is refused)."""
+    folder = resolve_adapter_folder(lora.init_from, key)
+    saved_adapter_config(folder, key)
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickled = (folder / "adapter_model.bin").is_file()
+        raise ConfigError(key, f"{folder} has no adapter_model.safetensors" + (
+            " (only a pickled adapter_model.bin, which abspo does not load: unpickling can run code)" if pickled else ""),
+                          "convert it once with safetensors (PeftModel.save_pretrained(..., safe_serialization=True))"
+                          if pickled else "point at a PEFT adapter folder")
+    saved_adapter_shapes(folder, key)  # a damaged file names the key
+    return folder, load_file(str(weights))
+

@@ -14,6 +14,10 @@ bf16 base): a bf16 reference would compute the same weights with other rounding,
 ~1.5e-3 nats per token away from its anchor (measured on SmolLM2) and sample other turns, where the LoRA modes
 start exactly at theirs. The cost is the reference at 4 bytes per parameter (``abspo plan`` counts it).
 
+Started from an adapter (``init_from``: the defender's, as the shared modes start), the adapter is merged into
+the trained policy's weights; ``anchor="initial"`` merges it into the reference too, ``anchor="base"`` keeps the
+reference at the base.
+
 Exports are ordinary Hugging Face model folders (``config.json`` + ``model.safetensors`` + the tokenizer),
 loadable with ``AutoModelForCausalLM.from_pretrained(folder)``.
 """
@@ -29,7 +33,9 @@ import torch
 from torch import nn
 
 from abspo.atomic import atomic_folder
-from abspo.bank import ROLES, checkpoint_decoder_layers, gradient_pass_mode, write_role_file
+from abspo.bank import (ROLES, LoraSpec, check_adapter_fits, checkpoint_decoder_layers, gradient_pass_mode,
+                        read_initial_adapter, write_role_file)
+from abspo.digest import file_sha256
 from abspo.errors import ConfigError
 from abspo.modes import SHARED
 
@@ -47,7 +53,7 @@ class FullPolicy(nn.Module):
     mode = "shared_full"
     spec = _Spec()
 
-    def __init__(self, base: nn.Module, tokenizer=None):
+    def __init__(self, base: nn.Module, tokenizer=None, init_from: str | None = None, anchor: str = "base"):
         super().__init__()
         if any(p.is_meta for p in base.parameters()):
             raise ConfigError("model.mode", "shared_full needs the base's weights (it copies them into the trained "
@@ -57,6 +63,16 @@ class FullPolicy(nn.Module):
         self.reference = base.float().requires_grad_(False).eval()  # in place; exact from bf16
         self.model = copy.deepcopy(self.reference).requires_grad_(True).eval()
         self.tokenizer = tokenizer
+        self.initial_sources: dict[str, dict[str, str]] = {}
+        if init_from is not None:
+            key = "model.bank.adapters.defender.init_from"
+            folder, state = read_initial_adapter(LoraSpec(init_from=init_from), key)
+            merged = merged_weights(self.reference, folder, state, key)
+            self.model.load_state_dict(merged)
+            if anchor == "initial":
+                self.reference.load_state_dict(merged)
+            self.initial_sources[SHARED] = {"init_from": init_from,
+                                            "sha256": file_sha256(folder / "adapter_model.safetensors")}
 
     # -- parameters -------------------------------------------------------------------------------
     def owner_of(self, param_name: str) -> str | None:
@@ -91,7 +107,8 @@ class FullPolicy(nn.Module):
         yield self.model
 
     @contextmanager
-    def anchor(self) -> Iterator[nn.Module]:
+    def anchor(self, role: str | None = None) -> Iterator[nn.Module]:
+        """The frozen reference, for every role."""
         yield self.reference
 
     def enable_activation_checkpointing(self) -> None:
@@ -137,3 +154,17 @@ class FullPolicy(nn.Module):
             raise ConfigError(key, f"the model in {folder} does not match this run's base (e.g. {example})",
                               "evaluate it with the base it was trained from (model.base.name_or_path)")
         self.model.load_state_dict(theirs)
+
+
+def merged_weights(model: nn.Module, folder: Path, state: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with the LoRA adapter in ``folder`` (its tensors: ``state``) merged into its weights:
+    W + (alpha / r) B A, computed by PEFT on a copy (``model`` is left as it is)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    config = LoraConfig.from_pretrained(str(folder))
+    config.inference_mode = False
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    check_adapter_fits(peft_model, folder, "default", key, "this run's base",
+                       "use an adapter trained on this base (model.base.name_or_path)")
+    set_peft_model_state_dict(peft_model, state)
+    return peft_model.merge_and_unload().state_dict()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from abspo.bank import ROLES, BankSpec
+from abspo.bank import ROLES, BankSpec, LoraSpec
 from abspo.config import OptimizerConfig
 from abspo.errors import ConfigError
 
@@ -47,21 +47,42 @@ def resolve_mode(mode: str, bank: BankSpec, optimizers: dict[str, OptimizerConfi
                               "own adapter")
         return bank, optimizers
     optimizer = _shared_optimizer(mode, optimizers)
-    if mode == "shared_full":
+    if mode == "shared_full":  # LoRA specs play no part; the policy starts from shared_init_from (merged in)
         return bank, {SHARED: optimizer}
     if len(adapters_used) == 1:  # already one adapter for both roles
         name = adapters_used.pop()
         return BankSpec(adapters={name: bank.adapters[name]}, roles={r: name for r in ROLES}), {name: optimizer}
-    if SHARED in bank.adapters:
-        spec = bank.adapters[SHARED]
-    else:
-        specs = [bank.adapters[bank.roles[r]] for r in ROLES if r in bank.roles]
-        if any(dataclasses.asdict(s) != dataclasses.asdict(specs[0]) for s in specs):
-            raise ConfigError("model.bank.adapters", "model.mode is shared_lora (one adapter for both roles), but the "
-                              "roles' adapters have different LoRA specs, so which one to share is ambiguous",
-                              "declare model.bank.adapters.shared, or give the roles equal specs")
-        spec = specs[0]
+    spec = bank.adapters[SHARED] if SHARED in bank.adapters else shared_spec(mode, bank)
     return BankSpec(adapters={SHARED: spec}, roles={r: SHARED for r in ROLES}), {SHARED: optimizer}
+
+
+def shared_spec(mode: str, bank: BankSpec) -> LoraSpec:
+    """The one LoRA spec a shared mode trains, from a bipolicy config: the roles' common spec, starting where the
+    defender starts (its ``init_from``). The shared policy is the one whose safety is measured, so it starts from
+    the defender's starting point; an ``init_from`` on the attacker alone would make the defender start from an
+    attacker, and is refused."""
+    specs = {r: bank.adapters[bank.roles[r]] for r in ROLES if r in bank.roles}
+    plain = [dataclasses.replace(s, init_from=None) for s in specs.values()]
+    if any(dataclasses.asdict(s) != dataclasses.asdict(plain[0]) for s in plain):
+        raise ConfigError("model.bank.adapters", f"model.mode is {mode} (one policy for both roles), but the roles' "
+                          "adapters have different LoRA specs, so which one to share is ambiguous",
+                          "declare model.bank.adapters.shared, or give the roles equal specs")
+    return dataclasses.replace(plain[0], init_from=shared_init_from(mode, bank))
+
+
+def shared_init_from(mode: str, bank: BankSpec) -> str | None:
+    """Where a shared policy starts: ``model.bank.adapters.shared.init_from`` if declared, else the defender's."""
+    if SHARED in bank.adapters:
+        return bank.adapters[SHARED].init_from
+    defender = bank.adapters.get(bank.roles.get("defender", ""))
+    attacker = bank.adapters.get(bank.roles.get("attacker", ""))
+    start = defender.init_from if defender is not None else None
+    if attacker is not None and attacker.init_from and attacker.init_from != start:
+        raise ConfigError("model.bank.adapters.attacker.init_from", f"model.mode is {mode}: one policy plays both "
+                          "roles and starts where the defender starts, and the attacker's starting adapter differs",
+                          "set model.bank.adapters.defender.init_from (or model.bank.adapters.shared), or drop the "
+                          "attacker's init_from in this mode")
+    return start
 
 
 def _shared_optimizer(mode: str, optimizers: dict[str, OptimizerConfig]) -> OptimizerConfig:

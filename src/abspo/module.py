@@ -48,13 +48,13 @@ import lightning as L
 import torch
 
 from abspo import algorithms as alg
-from abspo.bank import ROLES, AdapterBank, BankSpec
+from abspo.bank import ANCHORS, ROLES, AdapterBank, Anchor, BankSpec
 from abspo.config import (AlgorithmConfig, GuardConfig, LoggingConfig, OptimizerConfig, ScheduleConfig,
                           default_optimizers)
 from abspo.data import Seed, SeedBatch
 from abspo.errors import ConfigError
 from abspo.full_policy import FullPolicy
-from abspo.modes import Mode, resolve_mode
+from abspo.modes import Mode, resolve_mode, shared_init_from
 from abspo.degenerate import degenerate_reply
 from abspo.distributed import Collective
 from abspo.game import (Exchange, GameConfig, attacker_forfeits, attacker_prompt, defender_prompt,
@@ -114,6 +114,7 @@ class SelfPlayModule(L.LightningModule):
         mode: Mode = "bipolicy",
         guards: GuardConfig | None = None,
         rollout: RolloutConfig | None = None,
+        anchor: Anchor = "base",
     ):
         """
         Args:
@@ -134,11 +135,18 @@ class SelfPlayModule(L.LightningModule):
                 copy of the base). A config written for bipolicy runs in the shared modes as it is (abspo.modes).
             guards: When a run that can no longer learn stops (non-finite updates, a judge that labels nothing).
             rollout: Which engine samples the turns: Hugging Face generate (default) or vLLM (abspo.vllm_rollouts).
+            anchor: What each role's KL is taken against. base (the paper's): the frozen base, adapters off.
+                initial: the role's own starting adapter (model.bank.adapters.<name>.init_from), held frozen in the
+                bank; a role that starts from zero is anchored to the base either way. With a warm-started role,
+                base pulls it back toward the base, away from what it was started with.
         """
         super().__init__()
         self.automatic_optimization = False
         self.base_cfg = base or BaseModel()
         self.mode = mode
+        if anchor not in ANCHORS:
+            raise ConfigError("model.anchor", f"unknown anchor {anchor!r}", f"use one of {list(ANCHORS)}")
+        self.anchor = anchor
         self.bank_spec, self.optim_cfg = resolve_mode(mode, bank or BankSpec(),
                                                       optimizers if optimizers is not None else default_optimizers())
         self.game = game or GameConfig()
@@ -210,9 +218,10 @@ class SelfPlayModule(L.LightningModule):
                               "template, and every turn of the game is a chat turn", "use an instruct/chat model, or "
                               "set model.game.plain_chat_fallback: true for 'User: ...\\nAssistant: ' turns")
         if mode == "shared_full":
-            self.bank = FullPolicy(base_model, self.tokenizer)
+            self.bank = FullPolicy(base_model, self.tokenizer, init_from=shared_init_from(mode, self.bank_spec),
+                                   anchor=anchor)
         else:
-            self.bank = AdapterBank(base_model, self.bank_spec)
+            self.bank = AdapterBank(base_model, self.bank_spec, anchor=anchor)
         if self.algorithm.activation_checkpointing:
             self.bank.enable_activation_checkpointing()
         self.adapters = list(self.optim_cfg)  # adapter names (``shared`` for the full policy), one optimizer each
@@ -798,7 +807,7 @@ class SelfPlayModule(L.LightningModule):
             if with_role:
                 with self.clock("score/old"), self.bank.role(role) as model, precise():
                     scored["old"] = self._score(model, batch)
-            with self.clock("score/anchor"), self.bank.anchor() as model, precise():
+            with self.clock("score/anchor"), self.bank.anchor(role) as model, precise():
                 scored["ref"] = self._score(model, batch)
             if chunk:
                 index, width = torch.tensor(rows), batch.completion_ids.shape[1]
@@ -830,8 +839,14 @@ class SelfPlayModule(L.LightningModule):
     def checkpoint_signature(self) -> dict:
         bank = self.bank_spec.signature() if self.mode != "shared_full" else {}
         optimizers = {a: cfg.state_settings() for a, cfg in self.optim_cfg.items()}
-        return {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "mode": self.mode, "bank": bank,
-                "optimizers": optimizers}
+        signature = {"format": CHECKPOINT_FORMAT, "base": self.base_cfg.name_or_path, "mode": self.mode, "bank": bank,
+                     "optimizers": optimizers}
+        # Only where they differ from a run without them, so that earlier checkpoints still resume.
+        if self.anchor != "base":
+            signature["anchor"] = self.anchor
+        if self.bank.initial_sources:  # the starting adapters' weights: a resume must start from the same ones
+            signature["initial"] = {a: src["sha256"] for a, src in self.bank.initial_sources.items()}
+        return signature
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         adapter_keys = {k for k in checkpoint["state_dict"] if self.bank.owner_of(k) is not None}
@@ -894,6 +909,15 @@ class SelfPlayModule(L.LightningModule):
         if diffs:
             raise ConfigError(key, "the checkpoint's adapters differ from this run's: " + "; ".join(diffs),
                               "use the adapter settings of the checkpoint's run, or start a new run (another run.name)")
+        if saved.get("anchor", "base") != mine.get("anchor", "base"):
+            raise ConfigError(key, f"the checkpoint was trained with model.anchor {saved.get('anchor', 'base')}, this "
+                              f"run uses {mine.get('anchor', 'base')}", "resume with the checkpoint's model.anchor, or "
+                              "start a new run (another run.name)")
+        if saved.get("initial", {}) != mine.get("initial", {}):
+            raise ConfigError(key, "the adapters this run starts from (model.bank.adapters.<name>.init_from) are not "
+                              f"the ones the checkpoint started from (sha256 {saved.get('initial', {})} vs "
+                              f"{mine.get('initial', {})})", "point init_from at the adapters the run started "
+                              "from (their files changed?), or start a new run (another run.name)")
         if "state_dict" not in checkpoint:
             return  # a sharded checkpoint's loop state: the strategy loads (and checks) its tensors itself
         expected = {k for k, _ in self.named_parameters() if self.bank.owner_of(k) is not None}

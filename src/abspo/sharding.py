@@ -56,7 +56,7 @@ def load_shards(bank, folder) -> None:
     from safetensors import safe_open
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    from abspo.bank import AdapterBank, lora_initial_value
+    from abspo.bank import AdapterBank
 
     model = bank.model
     root = model.get_base_model()
@@ -88,7 +88,7 @@ def load_shards(bank, folder) -> None:
         raise ValueError(f"{folder} lacks {len(missing)} base weights (e.g. {missing[0]})")
     for name in params:
         if AdapterBank._adapter_of(name) is not None:
-            put(name, lora_initial_value(name, tuple(params[name].shape)))
+            put(name, bank.initial_value(name, tuple(params[name].shape)))  # zero-start or its init_from
 
 
 def _rebuild_buffers(root: nn.Module) -> None:

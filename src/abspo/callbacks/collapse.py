@@ -6,8 +6,9 @@ figures can (logged under ``diag/``, x-axis the batch index like every abspo sca
 
 * **External pressure.** ``diag/pressure_vs_self``: the share of this batch's attacks (harmful seeds, revised,
   labelled) that beat the defender they played, the run's own. ``diag/pressure_vs_base``: the same attack
-  prompts answered by the frozen base, judged the same way. The base is also the defender at step 0 (every mode
-  starts at the anchor: LoRA B = 0, or an exact copy), so this is pressure against a fixed opponent. Its
+  prompts answered by the defender's frozen anchor (the base; its frozen starting adapter under ``model.anchor:
+  initial``), judged the same way. That anchor is also the defender at step 0 (a role starts at its anchor: LoRA
+  B = 0, an exact copy, or its starting adapter), so this is pressure against a fixed opponent. Its
   defender turn is sampled with the very key the game's defender used (common random numbers), so the two
   rates differ by the defenders, not by sampling noise. An attacker that keeps pressure on the base while its
   own defender stops conceding is a real adversary; one whose rates fall together has stopped attacking.
@@ -141,7 +142,7 @@ class CollapseDiagnostics(L.Callback):
         game = module.game
         prompts = [defender_prompt(module.tokenizer, game, e.prompt) for e in attacks]
         keys = [sampling_key(batch_index, e.game, "defender") for e in attacks]
-        with torch.no_grad(), module.bank.anchor() as model, gathered(module.bank):
+        with torch.no_grad(), module.bank.anchor("defender") as model, gathered(module.bank):
             gen = generate(model, module.tokenizer, prompts, game.max_new_tokens_defender, game.temperature,
                            game.top_p, keys=keys)
         responses = [read_defender_turn(game, text)[0] for text in gen.texts]

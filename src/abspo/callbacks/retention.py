@@ -3,7 +3,8 @@
 Self-play rewards the defender for refusing harmful requests and answering benign ones, and the attacker
 for jailbreak prose. Neither reward says anything about arithmetic, so a role can drift into refusing or
 rambling on ordinary questions while its game rewards look fine. This callback measures that drift against
-the right reference: the frozen base (``module.bank.anchor()``), which every role started from.
+the right reference: the defender's KL anchor (``module.bank.anchor("defender")``), where it started: the
+frozen base, or its frozen starting adapter under ``model.anchor: initial``.
 
 * Before the first training step the anchor is scored once on a fixed task (same items every time; greedy
   decoding or log-likelihood, so the score is deterministic).
@@ -125,7 +126,7 @@ class ReasoningRetention(L.Callback):
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def score(self, module: L.LightningModule, routed: AbstractContextManager, limit: int | None = None) -> EvalResult:
-        """Score the model ``routed`` yields (``module.bank.role(r)`` or ``module.bank.anchor()``)."""
+        """Score the model ``routed`` yields (``module.bank.role(r)`` or ``module.bank.anchor(r)``)."""
         with routed as model, eval_mode(module.bank.model), torch.no_grad():
             return evaluate(self.task, model, module.tokenizer, self.batch_size, self.time_budget_s, limit,
                             Collective.current())
@@ -138,7 +139,7 @@ class ReasoningRetention(L.Callback):
     # -- hooks -----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
-        self.anchor = self.score(module, module.bank.anchor())
+        self.anchor = self.score(module, module.bank.anchor("defender"))
         self._report_budget("the anchor", self.anchor)
         rank_zero_info(f"ReasoningRetention: the anchor scores {self.anchor.score:.3f} on {self.anchor.scored} "
                        f"{self.task.name} items ({self.anchor.seconds:.1f}s)")

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from abspo.atomic import atomic_write
+from abspo.digest import file_sha256
 from abspo.errors import ConfigError
 from abspo.evaluation.pages import render_records_page
 from abspo.evaluation.players import (
@@ -56,7 +57,6 @@ from abspo.evaluation.players import (
     Rewrite,
     attacker_rewrites,
     defender_replies,
-    file_sha256,
     jsonl,
     parse_players,
     vanilla_rewrites,

@@ -22,13 +22,12 @@ fixed benchmarks (safety report). Both need the same three things, kept here:
   templates), through :func:`abspo.rollout.generate`, with the prompt templates and parsing of
   :mod:`abspo.game`, so an evaluated role sees exactly the text format it was trained on.
 
-It also holds the small helpers the report writers share (:func:`file_sha256`, :func:`jsonl`).
+It also holds the small helpers the report writers share (:func:`jsonl`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import warnings
@@ -336,13 +335,5 @@ class ModelDefender:
 
 
 # -- writing results --------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def jsonl(rows: Sequence[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -66,7 +66,8 @@ from abspo.data import read_seed_file
 from abspo.errors import ConfigError
 from abspo.atomic import atomic_write
 from abspo.evaluation.pages import render_records_page
-from abspo.evaluation.players import ModelDefender, PlayerPool, file_sha256, jsonl, parse_player
+from abspo.digest import file_sha256
+from abspo.evaluation.players import ModelDefender, PlayerPool, jsonl, parse_player
 from abspo.degenerate import LOOP_MAX_DISTINCT, LOOP_WORDS, degenerate_reply, repetition_loop
 from abspo.evaluation.stats import Proportion, proportion
 from abspo.jsonl import read_jsonl
