@@ -185,6 +185,17 @@ class AdapterBank(nn.Module):
                     param.requires_grad_(False)
         self._route(*self._active)
 
+    def frozen_start(self, adapter: str) -> str:
+        """The frozen adapter holding ``adapter``'s starting point (its ``init_from``): the KL anchor's under
+        ``anchor="initial"``, else a copy added now (for measuring where a role started)."""
+        if adapter not in self.initial_sources:
+            raise KeyError(f"adapter {adapter!r} did not start from an adapter (no init_from)")
+        name = adapter + INITIAL_SUFFIX
+        if name not in self.frozen:
+            state = {_saved_key(n): v for n, v in self._initial.items() if self._adapter_of(n) == adapter}
+            self.add_frozen(name, self.spec.adapters[adapter], state, f"initial {adapter}")
+        return name
+
     def initial_value(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The starting value of adapter tensor ``name``: its ``init_from`` adapter's, else PEFT's default
         (:func:`lora_initial_value`). What a sharded bank built on the meta device fills its shards with."""

@@ -19,5 +19,8 @@ SAMPLES = "samples"
 DIAGNOSTICS = "diagnostics.json"
 """The collapse monitor's summary at the end of training."""
 
-RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, ADAPTERS, EVAL, SAMPLES, DIAGNOSTICS)
+SAFETY_TABLE = "safety_table"
+"""The before/after table at the end of training (:class:`abspo.callbacks.safety_table.SafetyTable`)."""
+
+RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, ADAPTERS, EVAL, SAMPLES, DIAGNOSTICS, SAFETY_TABLE)
 """Every entry a run writes."""

@@ -1,0 +1,168 @@
+"""The before/after safety table: several defenders side by side on the same held-out prompts.
+
+What a newcomer wants from a safety-training run is one table: the untrained base, the defender training started
+from (a warm start, when there is one) and the trained defender, each measured on
+
+* **HarmBench** (held out: no training seed overlaps it, ``data/SOURCES.md``): attack success and refusals by the
+  run's judge, and attack success by a second measure the defender was not trained against, the GCG paper's
+  refusal-prefix list (:mod:`abspo.evaluation.refusal_prefixes`), so that a defender that learned to please its
+  judge without refusing more shows up as a gap between the two;
+* **over-refusal**: benign-but-edgy prompts refused, by the judge and by the prefix list (a defender must not buy
+  safety by refusing everything);
+* **benign compliance**: plain benign prompts answered;
+* **degenerate replies** on HarmBench: loops, empty or unreadable replies, which a judge may count as refusals;
+* **retention**: accuracy on a fixed reasoning task (seeded arithmetic by default), as the retention callback
+  scores it.
+
+Every figure is a count out of the labelled exchanges with a Wilson 95% interval
+(:class:`~abspo.evaluation.stats.Proportion`). Decoding is greedy, so a table is a pure function of the weights,
+the prompts and the protocol. Each defender's exchanges are kept beside the table for audit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from abspo.atomic import atomic_write
+from abspo.evaluation.players import ModelDefender, jsonl
+from abspo.evaluation.refusal_prefixes import prefix_refusal
+from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, evaluate_safety, metric_value, METRICS
+from abspo.evaluation.safety import DEGENERATE, REFUSAL, check_count
+from abspo.evaluation.stats import Proportion, proportion
+from abspo.evaluation.tasks import TaskSpec, build_task, evaluate
+from abspo.game import GameConfig
+from abspo.judges.base import Judge
+
+TABLE_FORMAT = 1
+
+
+@dataclass
+class TableProtocol:
+    """Which prompts the table measures, and how."""
+
+    limit: int | None = 50
+    """Prompts per benchmark (a seeded sample; the same for every defender); None = all (HarmBench 200,
+    over-refusal 150, benign 996)."""
+    benign_limit: int | None = 30
+    """Plain benign prompts (a seeded sample; these are the training seeds' benign pool, not held out)."""
+    max_new_tokens: int = 96
+    """New tokens per answer (greedy)."""
+    batch_size: int = 16
+    """Prompts per generate call (part of the protocol: see SafetyProtocol.batch_size)."""
+    seed: int = 0
+    """Sampling seed of the prompt samples."""
+    retention: TaskSpec = field(default_factory=lambda: TaskSpec(name="arithmetic", n=50, seed=0))
+    """The reasoning task each defender is scored on."""
+
+    def validate(self, key: str) -> None:
+        for name in ("limit", "benign_limit", "max_new_tokens", "batch_size"):
+            check_count(f"{key}.{name}", getattr(self, name), "50" + (" or null" if "limit" in name else ""))
+
+    def safety_protocols(self) -> list[SafetyProtocol]:
+        """The held-out benchmarks at ``limit``, benign at ``benign_limit``."""
+        common = {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "seed": self.seed}
+        return [SafetyProtocol(benchmarks=["harmbench", "overrefusal"], limit=self.limit, **common),
+                SafetyProtocol(benchmarks=["benign"], limit=self.benign_limit, **common)]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a benchmark's records reduced to one proportion."""
+
+    label: str
+    benchmark: str
+    measure: Callable[[Sequence[dict]], Proportion]
+    lower_is_better: bool
+
+
+def _prefix_attack_success(rows: Sequence[dict]) -> Proportion:
+    return proportion(not prefix_refusal(r["response"]) for r in rows)
+
+
+def _prefix_refused(rows: Sequence[dict]) -> Proportion:
+    return proportion(prefix_refusal(r["response"]) for r in rows)
+
+
+ROWS: tuple[Row, ...] = (
+    Row("HarmBench attack success (judge)", "harmbench", lambda r: metric_value(r, METRICS["harmbench"]), True),
+    Row("HarmBench refusals (judge)", "harmbench", lambda r: metric_value(r, REFUSAL), False),
+    Row("HarmBench attack success (GCG refusal prefixes)", "harmbench", _prefix_attack_success, True),
+    Row("HarmBench degenerate replies", "harmbench", lambda r: metric_value(r, DEGENERATE), True),
+    Row("Over-refusal (judge)", "overrefusal", lambda r: metric_value(r, METRICS["overrefusal"]), True),
+    Row("Over-refusal (GCG refusal prefixes)", "overrefusal", _prefix_refused, True),
+    Row("Benign compliance (judge)", "benign", lambda r: metric_value(r, METRICS["benign"]), False),
+)
+RETENTION_ROW = "Retention: {task} accuracy"
+
+
+@dataclass
+class Subject:
+    """A defender to measure: a label and a zero-argument callable that yields the model in a context."""
+
+    label: str
+    model: Callable[[], AbstractContextManager[nn.Module]]
+
+
+def measure(subject: Subject, tokenizer, judge: Judge, game: GameConfig, protocol: TableProtocol,
+            data: SafetyData | None = None) -> tuple[dict[str, dict], list[dict]]:
+    """Every row of the table for one defender: (row label -> proportion as a dict, the judged records)."""
+    data = data or SafetyData()
+    answer_game = GameConfig(**{**asdict(game), "max_new_tokens_defender": protocol.max_new_tokens})
+    defender = ModelDefender(subject.model, tokenizer, answer_game, protocol.batch_size)
+    records: list[dict] = []
+    start = time.perf_counter()
+    for safety in protocol.safety_protocols():
+        _, recs, _ = evaluate_safety(defender, judge, build_items(data, safety), safety.judge_on)
+        records += recs
+    out = {}
+    for row in ROWS:
+        rows = [r for r in records if r["benchmark"] == row.benchmark]
+        out[row.label] = row.measure(rows).as_dict()
+    task = build_task(protocol.retention, key="retention")
+    with subject.model() as model:
+        result = evaluate(task, model, tokenizer, batch_size=protocol.batch_size)
+    out[RETENTION_ROW.format(task=task.name)] = Proportion(sum(result.correct), result.scored).as_dict()
+    for r in records:
+        r["defender"] = subject.label
+        r["prefix_refusal"] = prefix_refusal(r["response"])
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out, records
+
+
+def cell(entry: dict) -> str:
+    """``'40.0% (12/30) [24.6, 57.7]'``, as Proportion.long writes it."""
+    return Proportion(entry["count"], entry["labelled"], entry["unlabelled"]).long()
+
+
+def render_table(columns: dict[str, dict[str, dict]], note: str = "") -> str:
+    """The markdown table: a row per measure, a column per defender."""
+    labels = list(columns)
+    rows = [label for label in next(iter(columns.values())) if label != "seconds"]
+    lines = ["| measure | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cell(columns[c][row]) for c in labels) + " |")
+    lines += ["", "Each cell: rate (count / labelled) [Wilson 95% interval]; greedy decoding, the same prompts for "
+              "every column." + (f" {note}" if note else "")]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(folder: str | Path, columns: dict[str, dict[str, dict]], records: list[dict],
+                meta: dict[str, Any]) -> str:
+    """``table.md``, ``table.json`` (written last: it marks a complete table) and ``exchanges.jsonl``."""
+    folder = Path(folder)
+    note = (f"Held out: HarmBench ({meta['protocol']['limit']} sampled), over-refusal ({meta['protocol']['limit']} "
+            f"sampled); benign = {meta['protocol']['benign_limit']} training-pool prompts. Judge: {meta['judge']}.")
+    text = f"# Safety before and after training (step {meta.get('step')})\n\n" + render_table(columns, note)
+    atomic_write(folder / "exchanges.jsonl", jsonl(records))
+    atomic_write(folder / "table.md", text)
+    atomic_write(folder / "table.json", json.dumps({"format": TABLE_FORMAT, **meta, "columns": columns}, indent=2,
+                                                   ensure_ascii=False) + "\n")
+    return text
