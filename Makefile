@@ -1,5 +1,6 @@
 # Two commands do all the set-up:
-#   make train   # installs into .venv (once) and runs the main job: SmolLM2-135M on this CPU (~20 min)
+#   make train   # installs into .venv (once), warm-starts the defender (once), runs the main job: SmolLM2-135M
+#                # on this CPU, ending with the before/after safety table
 #   make test    # installs into .venv (once) and runs the test suite
 # Re-running skips what is done: the venv is rebuilt only when pyproject.toml changes, and `make train`
 # resumes its run from the last checkpoint (a finished run returns at once).
@@ -10,6 +11,8 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 CONFIG ?= configs/smollm2-cpu.yaml
 RUN_DIR = checkpoints/$(basename $(notdir $(CONFIG)))
+# The defender's warm start (configs/smollm2-cpu.yaml starts from it): `abspo sft` returns at once when it is there.
+WARM_START ?= checkpoints/warm-start/defender
 STAMP = $(VENV)/.installed
 
 .PHONY: setup train test clean
@@ -27,6 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
+	$(VENV)/bin/abspo sft --out $(WARM_START)
 	$(VENV)/bin/abspo fit --config $(CONFIG) $(if $(wildcard $(RUN_DIR)/checkpoints/last.ckpt),--ckpt_path last)
 
 test: $(STAMP)

@@ -1,4 +1,6 @@
-"""The before/after safety table: the second refusal measure, the table's cells, and the callback end to end."""
+"""The before/after safety table: the second refusal measure, the table's cells, and the main job's chain end to
+end on the tiny model: `abspo sft` warm-starts the defender, `abspo fit` starts from it (init_from, anchor:
+initial) and ends with the table."""
 
 from __future__ import annotations
 
@@ -6,13 +8,10 @@ import json
 
 import pytest
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.cli import cli_main
+from abspo.cli import cli_main, main
 from abspo.evaluation.before_after import ROWS, render_table
 from abspo.evaluation.refusal_prefixes import prefix_refusal
 from abspo.evaluation.stats import Proportion
-from abspo.models import load_base
-from tests.conftest import TINY, perturb
 
 
 @pytest.mark.parametrize("text,refused", [
@@ -52,10 +51,12 @@ def test_every_row_reads_its_own_benchmark():
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    base, _ = load_base(TINY)
-    bank = AdapterBank(base, BankSpec(adapters={r: LoraSpec(r=4, alpha=8) for r in ("attacker", "defender")}))
-    perturb(bank.role_parameters("defender"), seed=3, scale=0.05)
-    return bank.export("defender", tmp_path_factory.mktemp("start") / "defender")
+    """The warm start as `make train` makes it: `abspo sft` (on the tiny model, a few pairs, at a high rate so that
+    its replies differ from the base's)."""
+    out = tmp_path_factory.mktemp("start") / "defender"
+    main(["sft", "--out", str(out), "--base.name_or_path", "tiny-qwen2", "--lora.r", "4", "--lora.alpha", "8",
+          "--limit", "16", "--epochs", "2", "--max_reply_tokens", "8", "--lr", "1e-2", "--tensorboard", "false"])
+    return out
 
 
 @pytest.mark.parametrize("anchor", ["initial", "base"])

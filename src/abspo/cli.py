@@ -67,6 +67,7 @@ from abspo.evaluation.safety import (
 from abspo.module import SelfPlayModule
 from abspo.parse_errors import check_config_files, config_error
 from abspo.planner import plan_main
+from abspo.sft import run_sft
 
 
 @dataclass
@@ -396,6 +397,7 @@ DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on
   abspo safety-report --out DIR --defender F   safety report of any adapter folder on any base, no training config
   abspo compare --out DIR --train_config F     train bipolicy, shared_lora and shared_full alike, cross-play them
   abspo plan --config F                        memory per device of a run, before starting it
+  abspo sft --out DIR                          warm-start the defender's adapter on XSTest refusals and answers
 
 Each subcommand has its own --help."""
 
@@ -533,9 +535,21 @@ def compare_main(argv: list[str]) -> None:
     print(f"written to {out}/: report.md, report.json, curves-*.png, crossplay/, runs/")
 
 
+def sft_main(argv: list[str]) -> None:
+    """``abspo sft``: see :func:`abspo.sft.run_sft`."""
+    record, kwargs = run_function_command(run_sft, "abspo sft", argv)
+    out = Path(kwargs["out"])
+    if not record["cached"]:
+        losses = ", ".join(f"{x:.3f}" for x in record["epoch_loss"])
+        print(f"trained on {record['rows']} pairs in {record['seconds']:.0f} s; mean loss per epoch: {losses}")
+    print(f"warm start in {out}/: adapter_config.json, adapter_model.safetensors, sft.json"
+          + (", tb/" if (out / "tb").is_dir() else ""))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main,
-                                                     "plan": plan_main, "compare": compare_main}
-"""Subcommands beside LightningCLI's: they evaluate finished adapters or plan a run, and start no training."""
+                                                     "plan": plan_main, "compare": compare_main, "sft": sft_main}
+"""Subcommands beside LightningCLI's, each a function whose signature is its options: they evaluate finished
+adapters, plan or compare runs, or warm-start an adapter (``sft``)."""
 SUBCOMMANDS = ("fit", "test", *COMMANDS)
 
 
