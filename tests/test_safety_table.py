@@ -63,9 +63,12 @@ def start(tmp_path_factory):
 def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start, tmp_path, anchor, capsys):
     table = ('{"class_path": "abspo.callbacks.SafetyTable", "init_args": {"protocol": {"limit": 3, "benign_limit": 2, '
              '"max_new_tokens": 6, "batch_size": 4, "retention": {"name": "arithmetic", "n": 3}}}}')
+    # as a callback of the user's, and (anchor: base) as the main job asks for it: run.safety_table and `table`
+    ask = ["--trainer.callbacks+", table] if anchor == "initial" else [
+        "--run.safety_table", "true", "--table.limit", "3", "--table.benign_limit", "2", "--table.max_new_tokens", "6",
+        "--table.batch_size", "4", "--table.retention.n", "3"]
     args = ["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "2",
-            "--model.bank.adapters.defender.init_from", str(start), "--model.anchor", anchor,
-            "--trainer.callbacks+", table]
+            "--model.bank.adapters.defender.init_from", str(start), "--model.anchor", anchor, *ask]
     cli = cli_main(args)
     saved = json.loads((tmp_path / "tiny" / "safety_table" / "table.json").read_text())
     assert list(saved["columns"]) == ["base", "warm start", "bipolicy defender"]

@@ -15,17 +15,27 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from abspo.callbacks import ReasoningRetention
-from abspo.cli import cli_main
+from abspo.cli import cli_main, main
 from abspo.models import BaseModel, load_base, smollm2_folder
+
+
+SMALL_TABLE = ["--table.limit", "2", "--table.benign_limit", "1", "--table.max_new_tokens", "16",
+               "--table.retention.n", "4"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The main job's chain, short: `abspo sft` warm-starts the defender (16 pairs, one epoch), `abspo fit` starts
+    from it and ends with the safety table."""
     root = tmp_path_factory.mktemp("smol")
+    warm = root / "warm-start" / "defender"
+    main(["sft", "--out", str(warm), "--limit", "16", "--epochs", "1", "--max_reply_tokens", "32",
+          "--tensorboard", "false"])
     cli = cli_main([
         "fit", "--config", "configs/smollm2-cpu.yaml", "--run.output_root", str(root), "--run.name", "smoke",
         "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--data.batch_size", "4",
         "--model.game.max_new_tokens_attacker", "24", "--model.game.max_new_tokens_defender", "24",
+        "--model.bank.adapters.defender.init_from", str(warm), *SMALL_TABLE,
     ])
     return root, cli
 
@@ -86,7 +96,7 @@ def test_real_anchor_is_scored_for_retention(run):
 def test_abspo_test_reports_on_the_trained_real_defender(run):
     root, _ = run
     cli = cli_main(["test", "--config", "configs/smollm2-cpu.yaml", "--run.output_root", str(root), "--run.name", "smoke",
-                    "--ckpt_path", "last", "--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2",
+                    "--model.bank.adapters.defender.init_from", str(root / "warm-start" / "defender"), "--ckpt_path", "last", "--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2",
                     "--eval.max_new_tokens", "24", "--data.batch_size", "8"])
     report = json.loads((root / "smoke" / "eval" / "step-2" / "report.json").read_text())
     assert report["defender"]["label"] == "step-2" and report["base"]["name_or_path"] == "smollm2-135m-instruct"
@@ -94,3 +104,12 @@ def test_abspo_test_reports_on_the_trained_real_defender(run):
     assert all(b["prompts"] == 2 for b in report["benchmarks"].values())
     lora_b = [p for n, p in cli.model.bank.model.named_parameters() if ".lora_B.defender." in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "the trained defender was evaluated, not the base"
+
+
+def test_real_run_ends_with_the_table_of_base_warm_start_and_trained_defender(run):
+    root, _ = run
+    table = json.loads((root / "smoke" / "safety_table" / "table.json").read_text())
+    assert list(table["columns"]) == ["base", "warm start", "bipolicy defender"] and table["anchor"] == "initial"
+    for column in table["columns"].values():
+        assert column["HarmBench attack success (judge)"]["n"] == 2
+        assert column["Retention: arithmetic accuracy"]["n"] == 4

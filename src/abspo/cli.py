@@ -47,12 +47,15 @@ from abspo import preemption, run_folder
 from abspo.atomic import recover_folder
 from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
+from abspo.callbacks.safety_table import SafetyTable
 from abspo.callbacks.progress import ProgressLines, progress_callback
 from abspo.checkpoint_io import AtomicCheckpointIO
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError, TrainingStopped, check_output_folder, did_you_mean, one_line_errors
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import run_crossplay
+from abspo.evaluation.before_after import TableProtocol
+from abspo.evaluation.tasks import TaskSpec
 from abspo.evaluation.players import ModelDefender, default_label, parse_player
 from abspo.evaluation.safety import (
     SafetyData,
@@ -88,6 +91,9 @@ class RunConfig:
     progress_every_n_batches: int = 1
     """When the output is not a terminal (a cluster job's log file), print a plain progress line every N batches
     (the step, both rewards, the game rates, seconds per batch) instead of a progress bar."""
+    safety_table: bool = False
+    """End the run with the before/after safety table (base, warm start, trained defender on held-out prompts:
+    abspo.callbacks.SafetyTable), measured as the `table` section says, written to <run dir>/safety_table/."""
     overwrite: bool = False
     """Start a new run in a folder that already holds a checkpoint, replacing that run: its checkpoints, curves,
     exports and reports are removed first. Off: such a run stops with an error, so an earlier run is never
@@ -99,6 +105,16 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and value < least:
                 raise ConfigError(f"run.{key}", f"must be >= {least}, got {value}", f"give a whole number >= {least}")
+
+
+def table_protocol(section) -> TableProtocol:
+    """The ``table`` section as a TableProtocol, checked (its keys named ``table.*``)."""
+    fields = vars(section).copy()
+    if fields.get("retention") is not None and not isinstance(fields["retention"], TaskSpec):
+        fields["retention"] = TaskSpec(**vars(fields["retention"]))
+    protocol = TableProtocol(**fields)
+    protocol.validate("table")
+    return protocol
 
 
 TRAINER_FIXES = {
@@ -151,6 +167,7 @@ class AbspoCLI(LightningCLI):
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(SafetyProtocol, "eval")
         parser.add_class_arguments(SafetyData, "eval_data")
+        parser.add_class_arguments(TableProtocol, "table")
 
     def run_dir(self) -> Path:
         cfg = self._get(self.config, "run")
@@ -182,6 +199,8 @@ class AbspoCLI(LightningCLI):
                                            every_n_train_steps=run.checkpoint_every_n_steps))
         if not any(isinstance(c, AdapterExport) for c in user_callbacks + callbacks):
             callbacks.append(AdapterExport(every_n_steps=run.export_every_n_steps))
+        if run.safety_table and not any(isinstance(c, SafetyTable) for c in user_callbacks + callbacks):
+            callbacks.append(SafetyTable(table_protocol(self._get(self.config, "table"))))
         if config.get("enable_progress_bar") is not False and not any(
                 isinstance(c, (ProgressBar, ProgressLines)) for c in user_callbacks + callbacks):
             callbacks.append(progress_callback(run.progress_every_n_batches))
