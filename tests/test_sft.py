@@ -153,7 +153,8 @@ def test_bad_values_and_foreign_folders_are_one_line_errors(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     for argv, key in ((["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--role", "attacker"], "--role"),
-                      (["--out", str(foreign)], "--out")):
+                      (["--out", str(foreign)], "--out"),
+                      (["--epoch", "1"], "--epoch")):  # a shortened flag is an error, never read as --epochs
         with pytest.raises(SystemExit) as exit_info:
             main(["sft", "--out", str(tmp_path / "x"), *FAST, *argv])
         assert exit_info.value.code == 2

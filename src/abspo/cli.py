@@ -513,7 +513,8 @@ def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> 
     _prepare_command_line()
     _progress_lines()
     check_config_files(argv)
-    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False, exit_on_error=False)
+    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False, exit_on_error=False,
+                            allow_abbrev=False)  # a misspelt --epoch must not run as --epochs
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_function_arguments(fn)
     try:
