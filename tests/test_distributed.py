@@ -211,6 +211,24 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
         assert torch.equal(state[ckpt_key], value), ckpt_key
 
 
+def test_fsdp2_warm_started_and_anchored_to_its_start_equals_one_process(tmp_path, tiny_folder):
+    """A defender started from an adapter (init_from) and anchored to it (a frozen adapter in the bank), sharded on
+    2 processes with the base built on the meta device: each process fills its shards of the trainable adapter and
+    of the frozen copy from the starting adapter, and the run equals one process's."""
+    from abspo.bank import AdapterBank, BankSpec, LoraSpec
+    from tests.conftest import perturb
+
+    bank = AdapterBank(load_base(TINY)[0], BankSpec(adapters={r: LoraSpec(r=4, alpha=8) for r in ("attacker", "defender")}))
+    perturb(bank.role_parameters("defender"), seed=3, scale=0.05)
+    start = bank.export("defender", tmp_path / "start")
+    common = ["--run.output_root", str(tmp_path), "--model.base.name_or_path", str(tiny_folder),
+              "--model.bank.adapters.defender.init_from", str(start), "--model.anchor", "initial",
+              "--trainer.max_steps", "2"]
+    fit_here("--config", "configs/tiny.yaml", "--run.name", "one", *common)
+    fit("--config", "configs/tiny-fsdp2.yaml", "--run.name", "run", "--model.base.init_on_meta", "true", *common)
+    assert_adapters_close(exported(tmp_path, "run"), exported(tmp_path, "one"))
+
+
 ACCUMULATE = ["--model.algorithm.accumulate_batches", "2", "--trainer.max_steps", "4"]  # 4 batches, 2 steps a role
 
 
