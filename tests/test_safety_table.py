@@ -88,3 +88,8 @@ def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start
     assert "| HarmBench attack success (judge) |" in capsys.readouterr().out
     # the defender's routing is back where training left it
     assert cli.model.bank._active[1] is True
+    # started again, the finished run trains nothing and prints the table it wrote, without measuring again
+    written = (tmp_path / "tiny" / "safety_table" / "table.json").stat().st_mtime_ns
+    cli_main([*args, "--ckpt_path", "last"])
+    assert "| HarmBench attack success (judge) |" in capsys.readouterr().out
+    assert (tmp_path / "tiny" / "safety_table" / "table.json").stat().st_mtime_ns == written

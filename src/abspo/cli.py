@@ -278,6 +278,11 @@ class AbspoCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.model.stop_reason is not None:  # a guard stopped the run; last.ckpt was written at its end
             raise TrainingStopped(self.model.stop_reason)
+        for callback in self.trainer.callbacks:
+            # A finished run started again trains nothing and Lightning calls no on_train_end: the table still ends
+            # the command (read back from the run folder when it was written at this step).
+            if isinstance(callback, SafetyTable) and callback.text is None:
+                callback.on_train_end(self.trainer, self.model)
 
     def _parse_ckpt_path(self) -> None:
         """Read a --ckpt_path checkpoint file once, early, with one clear line on failure; take no hyperparameters.
