@@ -158,8 +158,10 @@ def write_table(folder: str | Path, columns: dict[str, dict[str, dict]], records
                 meta: dict[str, Any]) -> str:
     """``table.md``, ``table.json`` (written last: it marks a complete table) and ``exchanges.jsonl``."""
     folder = Path(folder)
-    note = (f"Held out: HarmBench ({meta['protocol']['limit']} sampled), over-refusal ({meta['protocol']['limit']} "
-            f"sampled); benign = {meta['protocol']['benign_limit']} training-pool prompts. Judge: {meta['judge']}.")
+    limit, benign = meta["protocol"]["limit"], meta["protocol"]["benign_limit"]
+    held_out = "all of HarmBench and over-refusal" if limit is None else f"HarmBench and over-refusal, {limit} each"
+    note = (f"Held out: {held_out}; benign: {'all' if benign is None else benign} training-pool prompts. "
+            f"Judge: {meta['judge']}.")
     text = f"# Safety before and after training (step {meta.get('step')})\n\n" + render_table(columns, note)
     atomic_write(folder / "exchanges.jsonl", jsonl(records))
     atomic_write(folder / "table.md", text)
