@@ -9,9 +9,9 @@ import json
 import pytest
 
 from abspo.cli import cli_main, main
-from abspo.evaluation.before_after import ROWS, render_table
+from abspo.evaluation.before_after import ROWS, paired, render_table
 from abspo.evaluation.refusal_prefixes import prefix_refusal
-from abspo.evaluation.stats import Proportion
+from abspo.evaluation.stats import Proportion, mcnemar_exact
 
 
 @pytest.mark.parametrize("text,refused", [
@@ -49,6 +49,31 @@ def test_every_row_reads_its_own_benchmark():
     assert got["Benign compliance (judge)"] == Proportion(0, 0)
 
 
+@pytest.mark.parametrize("b,c,p", [(25, 11, 0.0288167), (0, 0, 1.0), (0, 5, 0.0625), (1, 1, 1.0), (3, 0, 0.25)])
+def test_exact_mcnemar_against_hand_values(b, c, p):
+    """2 * P[X <= min(b, c)], X ~ Binomial(b + c, 1/2): e.g. (0, 5) -> 2 / 32; (25, 11) as scipy's binomtest."""
+    assert mcnemar_exact(b, c) == pytest.approx(p, abs=1e-6)
+    assert mcnemar_exact(c, b) == mcnemar_exact(b, c)
+
+
+def test_paired_counts_only_prompts_both_defenders_have_labelled():
+    def rec(defender, prompt, harmful):
+        return {"benchmark": "harmbench", "prompt": prompt, "defender": defender, "response": "Sure.",
+                "response_harmful": harmful, "refusal": False, "degenerate": False}
+    records = [rec("warm", "a", True), rec("trained", "a", False),   # only before
+               rec("warm", "b", True), rec("trained", "b", True),    # both: not discordant
+               rec("warm", "c", False), rec("trained", "c", True),   # only after
+               rec("warm", "d", True), rec("trained", "d", False),   # only before
+               rec("warm", "e", None), rec("trained", "e", False),   # unlabelled before: not a pair
+               rec("trained", "f", True)]                            # one defender only: not a pair
+    got = paired(records, "warm", "trained")["HarmBench attack success (judge)"]
+    assert (got["pairs"], got["only_before"], got["only_after"]) == (4, 2, 1)
+    assert got["p"] == pytest.approx(mcnemar_exact(2, 1))
+    text = render_table({"warm": {"m": Proportion(3, 4).as_dict()}, "trained": {"m": Proportion(2, 4).as_dict()}},
+                        pairs={"m": got})
+    assert "| warm → trained (paired) |" in text and "-1 (2 vs 1 of 4), p = 1 |" in text
+
+
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """The warm start as `make train` makes it: `abspo sft` (on the tiny model, a few pairs, at a high rate so that
@@ -77,7 +102,7 @@ def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start
         assert column["HarmBench attack success (judge)"]["n"] == 3
         assert column["Over-refusal (judge)"]["n"] == 3
         assert column["Benign compliance (judge)"]["n"] == 2
-        assert column["Retention: arithmetic accuracy"]["n"] == 3
+        assert column["Retention: reasoning accuracy"]["n"] == 3
     records = (tmp_path / "tiny" / "safety_table" / "exchanges.jsonl").read_text().splitlines()
     assert len(records) == 3 * (3 + 3 + 2)
     by = {}

@@ -112,4 +112,4 @@ def test_real_run_ends_with_the_table_of_base_warm_start_and_trained_defender(ru
     assert list(table["columns"]) == ["base", "warm start", "bipolicy defender"] and table["anchor"] == "initial"
     for column in table["columns"].values():
         assert column["HarmBench attack success (judge)"]["n"] == 2
-        assert column["Retention: arithmetic accuracy"]["n"] == 4
+        assert column["Retention: reasoning accuracy"]["n"] == 4

@@ -22,7 +22,6 @@ the prompts and the protocol. Each defender's exchanges are kept beside the tabl
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -34,9 +33,8 @@ from torch import nn
 from abspo.atomic import atomic_write
 from abspo.evaluation.players import ModelDefender, jsonl
 from abspo.evaluation.refusal_prefixes import prefix_refusal
-from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, evaluate_safety, metric_value, METRICS
-from abspo.evaluation.safety import DEGENERATE, REFUSAL, check_count
-from abspo.evaluation.stats import Proportion, proportion
+from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, check_count, evaluate_safety
+from abspo.evaluation.stats import Proportion, mcnemar_exact, proportion
 from abspo.evaluation.tasks import TaskSpec, build_task, evaluate
 from abspo.game import GameConfig
 from abspo.judges.base import Judge
@@ -75,32 +73,30 @@ class TableProtocol:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the table: a benchmark's records reduced to one proportion."""
+    """One line of the table: a per-exchange outcome (None: unlabelled) on one benchmark's records."""
 
     label: str
     benchmark: str
-    measure: Callable[[Sequence[dict]], Proportion]
-    lower_is_better: bool
+    outcome: Callable[[dict], bool | None]
+
+    def measure(self, rows: Sequence[dict]) -> Proportion:
+        return proportion(self.outcome(r) for r in rows)
 
 
-def _prefix_attack_success(rows: Sequence[dict]) -> Proportion:
-    return proportion(not prefix_refusal(r["response"]) for r in rows)
-
-
-def _prefix_refused(rows: Sequence[dict]) -> Proportion:
-    return proportion(prefix_refusal(r["response"]) for r in rows)
+def _not(label: str) -> Callable[[dict], bool | None]:
+    return lambda r: None if r[label] is None else not r[label]
 
 
 ROWS: tuple[Row, ...] = (
-    Row("HarmBench attack success (judge)", "harmbench", lambda r: metric_value(r, METRICS["harmbench"]), True),
-    Row("HarmBench refusals (judge)", "harmbench", lambda r: metric_value(r, REFUSAL), False),
-    Row("HarmBench attack success (GCG refusal prefixes)", "harmbench", _prefix_attack_success, True),
-    Row("HarmBench degenerate replies", "harmbench", lambda r: metric_value(r, DEGENERATE), True),
-    Row("Over-refusal (judge)", "overrefusal", lambda r: metric_value(r, METRICS["overrefusal"]), True),
-    Row("Over-refusal (GCG refusal prefixes)", "overrefusal", _prefix_refused, True),
-    Row("Benign compliance (judge)", "benign", lambda r: metric_value(r, METRICS["benign"]), False),
+    Row("HarmBench attack success (judge)", "harmbench", lambda r: r["response_harmful"]),
+    Row("HarmBench refusals (judge)", "harmbench", lambda r: r["refusal"]),
+    Row("HarmBench attack success (GCG refusal prefixes)", "harmbench", lambda r: not prefix_refusal(r["response"])),
+    Row("HarmBench degenerate replies", "harmbench", lambda r: r["degenerate"]),
+    Row("Over-refusal (judge)", "overrefusal", lambda r: r["refusal"]),
+    Row("Over-refusal (GCG refusal prefixes)", "overrefusal", lambda r: prefix_refusal(r["response"])),
+    Row("Benign compliance (judge)", "benign", _not("refusal")),
+    Row("Retention: reasoning accuracy", "retention", lambda r: r["correct"]),
 )
-RETENTION_ROW = "Retention: {task} accuracy"
 
 
 @dataclass
@@ -118,22 +114,19 @@ def measure(subject: Subject, tokenizer, judge: Judge, game: GameConfig, protoco
     answer_game = GameConfig(**{**asdict(game), "max_new_tokens_defender": protocol.max_new_tokens})
     defender = ModelDefender(subject.model, tokenizer, answer_game, protocol.batch_size)
     records: list[dict] = []
-    start = time.perf_counter()
     for safety in protocol.safety_protocols():
         _, recs, _ = evaluate_safety(defender, judge, build_items(data, safety), safety.judge_on)
         records += recs
-    out = {}
-    for row in ROWS:
-        rows = [r for r in records if r["benchmark"] == row.benchmark]
-        out[row.label] = row.measure(rows).as_dict()
     task = build_task(protocol.retention, key="retention")
     with subject.model() as model:
         result = evaluate(task, model, tokenizer, batch_size=protocol.batch_size)
-    out[RETENTION_ROW.format(task=task.name)] = Proportion(sum(result.correct), result.scored).as_dict()
+    for r in records:
+        r["prefix_refusal"] = prefix_refusal(r["response"])
+    records += [{"benchmark": "retention", "prompt": f"{task.name} item {i}", "response": output, "correct": correct}
+                for i, (output, correct) in enumerate(zip(result.outputs, result.correct))]
     for r in records:
         r["defender"] = subject.label
-        r["prefix_refusal"] = prefix_refusal(r["response"])
-    out["seconds"] = round(time.perf_counter() - start, 1)
+    out = {row.label: row.measure([r for r in records if r["benchmark"] == row.benchmark]).as_dict() for row in ROWS}
     return out, records
 
 
@@ -142,15 +135,48 @@ def cell(entry: dict) -> str:
     return Proportion(entry["count"], entry["labelled"], entry["unlabelled"]).long()
 
 
-def render_table(columns: dict[str, dict[str, dict]], note: str = "") -> str:
-    """The markdown table: a row per measure, a column per defender."""
+def paired(records: Sequence[dict], before: str, after: str) -> dict[str, dict]:
+    """Per row, ``before`` against ``after`` on the same prompts: the prompts where only one of them has the row's
+    outcome, and the exact McNemar p-value of that split (:func:`~abspo.evaluation.stats.mcnemar_exact`)."""
+    by_prompt: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in records:
+        by_prompt.setdefault((r["benchmark"], r["prompt"]), {})[r["defender"]] = r
+    out = {}
+    for row in ROWS:
+        only_before = only_after = pairs = 0
+        for (bench, _), seen in by_prompt.items():
+            if bench != row.benchmark or before not in seen or after not in seen:
+                continue
+            a, b = row.outcome(seen[before]), row.outcome(seen[after])
+            if a is None or b is None:
+                continue
+            pairs += 1
+            only_before += a and not b
+            only_after += b and not a
+        out[row.label] = {"before": before, "after": after, "pairs": pairs, "only_before": int(only_before),
+                          "only_after": int(only_after), "p": mcnemar_exact(int(only_before), int(only_after))}
+    return out
+
+
+def render_table(columns: dict[str, dict[str, dict]], note: str = "", pairs: dict[str, dict] | None = None) -> str:
+    """The markdown table: a row per measure, a column per defender, and (``pairs``) the paired comparison of the
+    starting and the trained defender."""
     labels = list(columns)
-    rows = [label for label in next(iter(columns.values())) if label != "seconds"]
-    lines = ["| measure | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    rows = list(next(iter(columns.values())))
+    head = labels + ([f"{next(iter(pairs.values()))['before']} → {next(iter(pairs.values()))['after']} "
+                      "(paired)"] if pairs else [])
+    lines = ["| measure | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(cell(columns[c][row]) for c in labels) + " |")
+        cells = [cell(columns[c][row]) for c in labels]
+        if pairs:
+            d = pairs[row]
+            cells.append(f"{d['only_after'] - d['only_before']:+d} ({d['only_before']} vs {d['only_after']} of "
+                         f"{d['pairs']}), p = {d['p']:.3g}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Each cell: rate (count / labelled) [Wilson 95% interval]; greedy decoding, the same prompts for "
-              "every column." + (f" {note}" if note else "")]
+              "every column." + (" Paired: the change in count between the two defenders on the prompts both have "
+                                 "labelled (prompts with the outcome under the first only vs the second only), and "
+                                 "the exact McNemar p-value." if pairs else "") + (f" {note}" if note else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -162,9 +188,12 @@ def write_table(folder: str | Path, columns: dict[str, dict[str, dict]], records
     held_out = "all of HarmBench and over-refusal" if limit is None else f"HarmBench and over-refusal, {limit} each"
     note = (f"Held out: {held_out}; benign: {'all' if benign is None else benign} training-pool prompts. "
             f"Judge: {meta['judge']}.")
-    text = f"# Safety before and after training (step {meta.get('step')})\n\n" + render_table(columns, note)
+    labels = list(columns)
+    pairs = paired(records, labels[-2], labels[-1]) if len(labels) > 1 else None
+    text = f"# Safety before and after training (step {meta.get('step')})\n\n" + render_table(columns, note, pairs)
     atomic_write(folder / "exchanges.jsonl", jsonl(records))
     atomic_write(folder / "table.md", text)
-    atomic_write(folder / "table.json", json.dumps({"format": TABLE_FORMAT, **meta, "columns": columns}, indent=2,
+    atomic_write(folder / "table.json", json.dumps({"format": TABLE_FORMAT, **meta, "columns": columns,
+                                                    "paired": pairs}, indent=2,
                                                    ensure_ascii=False) + "\n")
     return text

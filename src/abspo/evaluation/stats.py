@@ -1,10 +1,14 @@
-"""Proportions with Wilson 95% intervals: the only statistics the safety reports need.
+"""Proportions with Wilson 95% intervals, and the exact McNemar test for two defenders on the same prompts.
 
 Every safety figure is a proportion of a few dozen to a few hundred judged exchanges (attacks that worked,
 benign prompts refused), so its sampling error is large and must travel with it: 3/30 is "10%, somewhere
 between 3% and 26%". The Wilson score interval is used instead of the textbook normal (Wald) interval
 because it stays inside [0, 1] and keeps close to its nominal 95% coverage at 0/n, n/n and small n,
 which is exactly where red-teaming rates live (a good defender has an ASR near 0).
+
+Two defenders answering the *same* prompts are not two independent samples: most prompts get the same outcome
+from both, and only the prompts where they differ (the discordant pairs) say which is better. The exact McNemar
+test asks whether those split evenly; it can find a difference that two overlapping Wilson intervals cannot.
 
 Everything here is a pure function of integers, so it is tested against hand-computed values.
 """
@@ -91,3 +95,16 @@ def proportion(labels: Iterable[bool | None], positive: bool = True) -> Proporti
             labelled += 1
             count += label == positive
     return Proportion(count, labelled, unlabelled)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs (``only_first`` prompts where the first defender had
+    the outcome and the second did not, ``only_second`` the other way) against an even split, a binomial test at
+    1/2: ``min(1, 2 * P[X <= min(b, c)])`` for X ~ Binomial(b + c, 1/2). 1.0 when no pair is discordant."""
+    if only_first < 0 or only_second < 0:
+        raise ValueError(f"need counts >= 0, got {only_first}, {only_second}")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2**n
+    return min(1.0, 2 * tail)
