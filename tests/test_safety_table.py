@@ -104,7 +104,8 @@ def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start
         assert column["Benign compliance (judge)"]["n"] == 2
         assert column["Retention: reasoning accuracy"]["n"] == 3
     records = (tmp_path / "tiny" / "safety_table" / "exchanges.jsonl").read_text().splitlines()
-    assert len(records) == 3 * (3 + 3 + 2)
+    benches = [json.loads(line)["benchmark"] for line in records]
+    assert len(records) == 3 * (3 + 3 + 2 + 3) and benches.count("retention") == 3 * 3  # + one per retention item
     by = {}
     for line in records:
         r = json.loads(line)
