@@ -46,6 +46,13 @@ ROLES = ("attacker", "defender")
 Anchor = Literal["base", "initial"]
 ANCHORS: tuple[str, ...] = ("base", "initial")
 INITIAL_SUFFIX = "__initial"
+
+
+def check_anchor(anchor: str) -> None:
+    """``model.anchor`` is one of :data:`ANCHORS`."""
+    if anchor not in ANCHORS:
+        raise ConfigError("model.anchor", f"unknown anchor {anchor!r}", f"use one of {list(ANCHORS)}")
+
 """A frozen copy of adapter ``a``'s starting point is adapter ``a + INITIAL_SUFFIX``."""
 
 
@@ -119,10 +126,8 @@ class AdapterBank(nn.Module):
     def __init__(self, base: nn.Module, spec: BankSpec, anchor: str = "base"):
         super().__init__()
         spec.validate()
-        if anchor not in ANCHORS:
-            raise ConfigError("model.anchor", f"unknown anchor {anchor!r}", f"use one of {list(ANCHORS)}")
+        check_anchor(anchor)
         self.spec = spec
-        self.anchor_kind = anchor
         names = list(spec.adapters)
         self._check_targets(base, spec)
         # Read every starting adapter before building anything: a bad folder fails before the model is touched.
@@ -139,19 +144,16 @@ class AdapterBank(nn.Module):
         self._initial: dict[str, torch.Tensor] = {}  # parameter name -> starting value, for init_from adapters
         self.initial_sources: dict[str, dict[str, str]] = {}
         """Adapter -> its init_from and the sha256 of the weights read: a resume checks it starts from the same."""
-        for name, (folder, state) in starts.items():
-            check_adapter_fits(model, folder, name, f"model.bank.adapters.{name}.init_from",
-                               f"model.bank.adapters.{name}",
-                               f"set model.bank.adapters.{name} (r, alpha, target_modules) to the adapter's "
-                               f"adapter_config.json, and the base to the one it was trained on")
-            check_scaling(model.peft_config[name], saved_adapter_config(folder, f"model.bank.adapters.{name}.init_from"),
-                          folder, f"model.bank.adapters.{name}.init_from", f"model.bank.adapters.{name}",
-                          f"set model.bank.adapters.{name}.alpha to the adapter's lora_alpha")
-            self._initial.update(_keyed_like_model(model, name, state))
-            self.initial_sources[name] = {"init_from": spec.adapters[name].init_from, "sha256": file_sha256(
-                folder / "adapter_model.safetensors")}
+        for name, start in starts.items():
+            check_adapter_matches(model, start.folder, name, f"model.bank.adapters.{name}.init_from",
+                                  f"model.bank.adapters.{name}",
+                                  f"set model.bank.adapters.{name} (r, alpha, target_modules) to the adapter's "
+                                  f"adapter_config.json, and the base to the one it was trained on")
+            self._initial.update(_keyed_like_model(model, name, start.state))
+            self.initial_sources[name] = start.source
             if anchor == "initial":
-                self._add_frozen(name + INITIAL_SUFFIX, spec.adapters[name], state, f"initial {name} ({folder})")
+                self._add_frozen(name + INITIAL_SUFFIX, spec.adapters[name], start.state,
+                                 f"initial {name} ({start.folder})")
                 self.anchors[name] = name + INITIAL_SUFFIX
         if not any(p.is_meta for p in model.parameters()):
             with torch.no_grad():
@@ -228,12 +230,15 @@ class AdapterBank(nn.Module):
         """The trainable parameters of one adapter, selected by name (never by requires_grad)."""
         if adapter not in self.spec.adapters:
             raise KeyError(adapter)
-        return [p for n, p in self.model.named_parameters() if self._adapter_of(n) == adapter]
+        return self._parameters_of(adapter)
 
     def frozen_parameters(self, adapter: str) -> list[nn.Parameter]:
         """The weights of frozen adapter ``adapter`` (never trained)."""
         if adapter not in self.frozen:
             raise KeyError(adapter)
+        return self._parameters_of(adapter)
+
+    def _parameters_of(self, adapter: str) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if self._adapter_of(n) == adapter]
 
     def role_parameters(self, role: str) -> list[nn.Parameter]:
@@ -335,10 +340,8 @@ class AdapterBank(nn.Module):
         """
         adapter = self.adapter_for(role)
         folder = Path(folder)
-        fix = f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with"
-        check_adapter_fits(self.model, folder, adapter, key, f"this run's {role} adapter", fix)
-        check_scaling(self.model.peft_config[adapter], saved_adapter_config(folder, key), folder, key,
-                      f"this run's {role} adapter", fix)
+        check_adapter_matches(self.model, folder, adapter, key, f"this run's {role} adapter",
+                              f"set model.bank.adapters.{adapter} and the base to what the adapter was trained with")
         state = load_file(str(folder / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, state, adapter_name=adapter)
 
@@ -446,11 +449,13 @@ def check_adapter_fits(model: PeftModel, folder: Path, adapter: str, key: str, b
                           f"(e.g. {wrong[0]}: {saved[wrong[0]]} vs {expected[wrong[0]]})", fix)
 
 
-def check_scaling(ours: LoraConfig, saved: dict, folder: Path, key: str, whose: str, fix: str) -> None:
-    """The saved adapter's scaling (``lora_alpha``, rsLoRA) is ``ours``: a different alpha would silently rescale
-    every update it made."""
+def check_adapter_matches(model: PeftModel, folder: Path, adapter: str, key: str, whose: str, fix: str) -> None:
+    """``folder``'s adapter fits ``adapter`` of ``model`` (:func:`check_adapter_fits`: every tensor, same shapes)
+    and has its scaling (``lora_alpha``, rsLoRA): a different alpha would silently rescale every update it made."""
+    check_adapter_fits(model, folder, adapter, key, whose, fix)
+    saved = saved_adapter_config(folder, key)
     for field_name in ("lora_alpha", "use_rslora"):
-        mine = getattr(ours, field_name)
+        mine = getattr(model.peft_config[adapter], field_name)
         if saved.get(field_name, mine) != mine:
             raise ConfigError(key, f"adapter {str(folder)!r} has {field_name}={saved.get(field_name)!r}, {whose} "
                               f"{field_name}={mine!r}", fix)
@@ -495,9 +500,19 @@ def resolve_adapter_folder(source: str, key: str) -> Path:
     return path
 
 
-def read_initial_adapter(lora: LoraSpec, key: str) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The folder and tensors of ``lora.init_from``; safetensors only (a pickled ``adapter_model.bin`` can run
-    code when loaded, and is refused)."""
+@dataclass
+class InitialAdapter:
+    """A starting adapter as read: its folder, its tensors (keyed as PEFT saves them) and what a checkpoint records
+    of it (``init_from`` and the sha256 of its weights)."""
+
+    folder: Path
+    state: dict[str, torch.Tensor]
+    source: dict[str, str]
+
+
+def read_initial_adapter(lora: LoraSpec, key: str) -> InitialAdapter:
+    """``lora.init_from``, read; safetensors only (a pickled ``adapter_model.bin`` can run code when loaded, and
+    is refused)."""
     folder = resolve_adapter_folder(lora.init_from, key)
     saved_adapter_config(folder, key)
     weights = folder / "adapter_model.safetensors"
@@ -508,5 +523,5 @@ def read_initial_adapter(lora: LoraSpec, key: str) -> tuple[Path, dict[str, torc
                           "convert it once with safetensors (PeftModel.save_pretrained(..., safe_serialization=True))"
                           if pickled else "point at a PEFT adapter folder")
     saved_adapter_shapes(folder, key)  # a damaged file names the key
-    return folder, load_file(str(weights))
+    return InitialAdapter(folder, load_file(str(weights)), {"init_from": lora.init_from, "sha256": file_sha256(weights)})
 

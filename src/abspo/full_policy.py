@@ -35,7 +35,6 @@ from torch import nn
 from abspo.atomic import atomic_folder
 from abspo.bank import (ROLES, LoraSpec, check_adapter_fits, checkpoint_decoder_layers, gradient_pass_mode,
                         read_initial_adapter, write_role_file)
-from abspo.digest import file_sha256
 from abspo.errors import ConfigError
 from abspo.modes import SHARED
 
@@ -66,13 +65,12 @@ class FullPolicy(nn.Module):
         self.initial_sources: dict[str, dict[str, str]] = {}
         if init_from is not None:
             key = "model.bank.adapters.defender.init_from"
-            folder, state = read_initial_adapter(LoraSpec(init_from=init_from), key)
-            merged = merged_weights(self.reference, folder, state, key)
+            start = read_initial_adapter(LoraSpec(init_from=init_from), key)
+            merged = merged_weights(self.reference, start.folder, start.state, key)
             self.model.load_state_dict(merged)
             if anchor == "initial":
                 self.reference.load_state_dict(merged)
-            self.initial_sources[SHARED] = {"init_from": init_from,
-                                            "sha256": file_sha256(folder / "adapter_model.safetensors")}
+            self.initial_sources[SHARED] = start.source
 
     # -- parameters -------------------------------------------------------------------------------
     def owner_of(self, param_name: str) -> str | None:

@@ -48,7 +48,7 @@ import lightning as L
 import torch
 
 from abspo import algorithms as alg
-from abspo.bank import ANCHORS, ROLES, AdapterBank, Anchor, BankSpec
+from abspo.bank import ROLES, AdapterBank, Anchor, BankSpec, check_anchor
 from abspo.config import (AlgorithmConfig, GuardConfig, LoggingConfig, OptimizerConfig, ScheduleConfig,
                           default_optimizers)
 from abspo.data import Seed, SeedBatch
@@ -144,8 +144,7 @@ class SelfPlayModule(L.LightningModule):
         self.automatic_optimization = False
         self.base_cfg = base or BaseModel()
         self.mode = mode
-        if anchor not in ANCHORS:
-            raise ConfigError("model.anchor", f"unknown anchor {anchor!r}", f"use one of {list(ANCHORS)}")
+        check_anchor(anchor)  # before the base loads
         self.anchor = anchor
         self.bank_spec, self.optim_cfg = resolve_mode(mode, bank or BankSpec(),
                                                       optimizers if optimizers is not None else default_optimizers())

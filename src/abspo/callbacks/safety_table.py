@@ -20,6 +20,7 @@ warning, and ``abspo test`` measures the exported adapters instead.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -79,7 +80,7 @@ class SafetyTable(L.Callback):
                 records += recs
             judge = f"{type(module.judge).__module__}.{type(module.judge).__qualname__}"
             meta = {"step": step, "mode": module.mode, "anchor": module.anchor, "judge": judge,
-                    "protocol": _jsonable(self.protocol),
+                    "protocol": asdict(self.protocol),
                     "initial": {a: s["init_from"] for a, s in module.bank.initial_sources.items()}}
             if trainer.is_global_zero:
                 self.text = write_table(folder, columns, records, meta)
@@ -87,9 +88,3 @@ class SafetyTable(L.Callback):
             self.text = (folder / "table.md").read_text(encoding="utf-8")
         if self.print_table and trainer.is_global_zero:
             print("\n" + self.text, flush=True)
-
-
-def _jsonable(protocol: TableProtocol) -> dict:
-    from dataclasses import asdict
-
-    return asdict(protocol)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from torch import nn
 from abspo.atomic import atomic_write
 from abspo.evaluation.players import ModelDefender, jsonl
 from abspo.evaluation.refusal_prefixes import prefix_refusal
-from abspo.evaluation.safety import SafetyData, SafetyProtocol, build_items, check_count, evaluate_safety
+from abspo.evaluation.safety import (SafetyData, SafetyProtocol, build_items, check_count, evaluate_safety,
+                                     evaluation_game)
 from abspo.evaluation.stats import Proportion, mcnemar_exact, proportion
 from abspo.evaluation.tasks import TaskSpec, build_task, evaluate
 from abspo.game import GameConfig
@@ -111,10 +112,10 @@ def measure(subject: Subject, tokenizer, judge: Judge, game: GameConfig, protoco
             data: SafetyData | None = None) -> tuple[dict[str, dict], list[dict]]:
     """Every row of the table for one defender: (row label -> proportion as a dict, the judged records)."""
     data = data or SafetyData()
-    answer_game = GameConfig(**{**asdict(game), "max_new_tokens_defender": protocol.max_new_tokens})
-    defender = ModelDefender(subject.model, tokenizer, answer_game, protocol.batch_size)
+    safeties = protocol.safety_protocols()
+    defender = ModelDefender(subject.model, tokenizer, evaluation_game(game, safeties[0]), protocol.batch_size)
     records: list[dict] = []
-    for safety in protocol.safety_protocols():
+    for safety in safeties:
         _, recs, _ = evaluate_safety(defender, judge, build_items(data, safety), safety.judge_on)
         records += recs
     task = build_task(protocol.retention, key="retention")
