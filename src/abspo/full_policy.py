@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from abspo.atomic import atomic_folder
-from abspo.bank import (ROLES, LoraSpec, check_adapter_fits, checkpoint_decoder_layers, gradient_pass_mode,
-                        read_initial_adapter, write_role_file)
+from abspo.adapter_folders import check_adapter_fits, read_initial_adapter
+from abspo.bank import ROLES, checkpoint_decoder_layers, gradient_pass_mode, write_role_file
 from abspo.errors import ConfigError
 from abspo.modes import SHARED
 
@@ -65,7 +65,7 @@ class FullPolicy(nn.Module):
         self.initial_sources: dict[str, dict[str, str]] = {}
         if init_from is not None:
             key = "model.bank.adapters.defender.init_from"
-            start = read_initial_adapter(LoraSpec(init_from=init_from), key)
+            start = read_initial_adapter(init_from, key)
             merged = merged_weights(self.reference, start.folder, start.state, key)
             self.model.load_state_dict(merged)
             if anchor == "initial":

@@ -34,7 +34,7 @@ import yaml
 
 from abspo import run_folder
 from abspo.atomic import atomic_write
-from abspo.bank import saved_adapter_shapes
+from abspo.adapter_folders import saved_adapter_shapes
 from abspo.config import stacked_config_files
 from abspo.errors import ConfigError
 from abspo.evaluation.crossplay import CrossplayProtocol

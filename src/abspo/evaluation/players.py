@@ -41,7 +41,7 @@ from peft import PeftModel
 from torch import nn
 
 from abspo import run_folder
-from abspo.bank import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
+from abspo.adapter_folders import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
 from abspo.errors import ConfigError
 from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
                         read_defender_turn)
