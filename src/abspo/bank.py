@@ -39,6 +39,7 @@ from torch import nn
 
 from abspo.adapter_folders import check_adapter_matches, read_initial_adapter
 from abspo.atomic import atomic_folder
+from abspo.distributed import full_tensor
 from abspo.errors import ConfigError
 
 ROLES = ("attacker", "defender")
@@ -315,8 +316,6 @@ class AdapterBank(nn.Module):
         so a crash mid-write never corrupts an adapter exported earlier. Sharded (FSDP2), gathering the
         adapter is a collective: every process calls this, and only the one with ``write`` writes.
         """
-        from abspo.sharding import full_tensor
-
         adapter = self.adapter_for(role)
         folder = Path(folder)
         state = get_peft_model_state_dict(self.model, adapter_name=adapter)

@@ -18,6 +18,9 @@ batch (a share with no attacker turn contributes zeros), so none waits forever f
 
 One process is the trivial case: every method is the identity and nothing is imported from
 ``torch.distributed``.
+
+:func:`full_tensor` is the one helper for sharded (FSDP2) tensors that the bank needs too, so it lives here, below
+both the bank and :mod:`abspo.sharding`, which applies FSDP2 to the bank.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole tensor of a sharded (DTensor) parameter or gradient: a collective, call it on every process."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from abspo.distributed import full_tensor  # noqa: F401 - imported from here too; defined below the bank
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layer list of a Hugging Face causal LM (``model.model.layers`` for Llama/Qwen2/Mistral)."""
@@ -102,11 +104,6 @@ def _rebuild_buffers(root: nn.Module) -> None:
         fresh = type(module)(config=module.config)
         for name, value in fresh.named_buffers(recurse=False):
             getattr(module, name).copy_(value)
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded (DTensor) parameter or gradient: a collective, call it on every process."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 @contextmanager
