@@ -202,9 +202,9 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
     # One process reads the final sharded checkpoint whole (what `abspo test --ckpt_path last` evaluates): the
     # adapters it holds are the ones the run exported.
-    from abspo.cli import _read_sharded_checkpoint
+    from abspo.checkpoint_io import read_sharded_checkpoint
 
-    state = _read_sharded_checkpoint(folder)["state_dict"]
+    state = read_sharded_checkpoint(folder)["state_dict"]
     for key, value in exported(tmp_path, "run").items():
         role, name = key.split("/", 1)
         ckpt_key = "bank.model." + name.replace(".weight", f".{role}.weight")

@@ -11,7 +11,10 @@ file's stem), so that re-running the same command with ``--ckpt_path last`` resu
 ``abspo crossplay`` and ``abspo safety-report`` evaluate adapter folders from any run, so they take no training
 config: each is a function (:func:`~abspo.evaluation.crossplay.run_crossplay`,
 :func:`~abspo.evaluation.safety.run_safety_report`) whose signature and docstring are its options and ``--help``
-(:func:`run_function_command`, one parser for both).
+(:func:`~abspo.command_line.run_function_command`, one parser for both).
+
+This module parses, dispatches and prints: what a command computes lives in the package below it
+(``tools/import_layers.py`` checks that nothing imports it back).
 
 User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit with status 2.
 """
@@ -21,20 +24,14 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import json
-import logging
 import math
-import os
 import re
 import sys
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
 from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -44,28 +41,27 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from abspo import preemption, run_folder
-from abspo.atomic import recover_folder
 from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.safety_table import SafetyTable
 from abspo.callbacks.progress import ProgressLines, progress_callback
-from abspo.checkpoint_io import AtomicCheckpointIO
+from abspo.checkpoint_io import SHARDED_KEY, AtomicCheckpointIO, last_checkpoint, read_training_checkpoint
+from abspo.command_line import prepare_command_line, progress_lines, run_function_command
 from abspo.data import SeedDataModule
 from abspo.errors import ConfigError, TrainingStopped, check_output_folder, did_you_mean, one_line_errors
 from abspo.evaluation.compare import run_compare
-from abspo.evaluation.crossplay import run_crossplay
+from abspo.evaluation.crossplay import crossplay_command
 from abspo.evaluation.before_after import TableProtocol
 from abspo.evaluation.tasks import TaskSpec
-from abspo.evaluation.players import ModelDefender, default_label, parse_player
+from abspo.evaluation.players import default_label, parse_player
 from abspo.evaluation.safety import (
     SafetyData,
     SafetyProtocol,
     build_items,
-    evaluation_game,
-    generation_record,
+    model_safety_report,
     render_markdown,
+    report_scalars,
     run_safety_report,
-    safety_report,
 )
 from abspo.module import SelfPlayModule
 from abspo.parse_errors import check_config_files, config_error
@@ -303,33 +299,7 @@ class AbspoCLI(LightningCLI):
         return checkpoint if checkpoint is not None else self._read_checkpoint(ckpt)
 
     def _read_checkpoint(self, ckpt) -> dict:
-        if str(ckpt) == "last":
-            path = self.run_dir() / run_folder.CHECKPOINTS / "last.ckpt"
-            recover_folder(path)  # a sharded save killed between its two renames
-            if not path.exists():
-                raise ConfigError("--ckpt_path", f"there is no checkpoint to resume at {path}",
-                                  "check run.name / run.output_root (the run folder is <output_root>/<name>), "
-                                  "or drop --ckpt_path to start a new run")
-        else:
-            path = Path(str(ckpt))
-            if not path.exists():
-                raise ConfigError("--ckpt_path", f"checkpoint file {str(path)!r} does not exist",
-                                  "point it at a .ckpt file, or use `last` for this run's latest checkpoint")
-        if path.is_dir():
-            if (path / "adapter_config.json").is_file() or (path / "defender" / "adapter_config.json").is_file():
-                raise ConfigError("--ckpt_path", f"{path} is an adapter export (PEFT folder), not a training checkpoint",
-                                  "resume from this run's `last` or a .ckpt file; evaluate an adapter folder with "
-                                  f"abspo test --ckpt_path {path}")
-            return _read_sharded_checkpoint(path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem here
-            raise ConfigError("--ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})",
-                              "point it at a checkpoint written by abspo") from None
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ConfigError("--ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)",
-                              "point it at a checkpoint written by abspo")
-        return checkpoint
+        return read_training_checkpoint(last_checkpoint(self.run_dir()) if str(ckpt) == "last" else Path(str(ckpt)))
 
     def test(self, model: SelfPlayModule, datamodule=None, ckpt_path=None, **_) -> dict:
         """`abspo test`: the safety report of the run's defender.
@@ -349,19 +319,12 @@ class AbspoCLI(LightningCLI):
             raise ConfigError(err.key.replace("protocol.", "eval.", 1).replace("data.", "eval_data.", 1),
                               err.problem, err.fix) from None
         label, step, source = self._load_defender(model, ckpt_path)
-        _progress_lines()
-        game = evaluation_game(model.game, protocol)
-        defender = ModelDefender(functools.partial(model.bank.role, "defender"), model.tokenizer, game,
-                                 batch_size=protocol.batch_size)
+        progress_lines()
         out = self.run_dir() / run_folder.EVAL / label
-        describe = {"defender": {"label": label, **source}, "base": asdict(model.base_cfg),
-                    "generation": generation_record(defender)}
-        report = safety_report(defender, model.judge, out, protocol, data, describe, items)
+        report = model_safety_report(functools.partial(model.bank.role, "defender"), model.tokenizer, model.game,
+                                     model.judge, out, protocol, data, items, {"label": label, **source}, model.base_cfg)
         if step is not None:  # the run's own timeline: its base, or one of its checkpoints
-            scalars = {}
-            for bench, entry in report["benchmarks"].items():
-                rates = {entry["metric"]: entry["rate"], **{k: v["rate"] for k, v in entry.items() if isinstance(v, dict)}}
-                scalars.update({f"eval/{bench}/{k}": v for k, v in rates.items() if v is not None})
+            scalars = report_scalars(report)
             for logger in self.trainer.loggers:
                 logger.log_metrics(scalars, step=step)
                 logger.save()
@@ -400,18 +363,6 @@ class AbspoCLI(LightningCLI):
         return f"step-{step}", max(0, batches - 1), {"checkpoint": str(ckpt_path)}
 
 
-# Lightning warnings that are expected for this design and would only confuse users.
-_EXPECTED_WARNINGS = (
-    r".*module\(s\) in eval mode.*",  # the frozen base stays in eval mode on purpose
-    r".*overridden `transfer_batch_to_device`.*",  # seeds are text; nothing to move
-    r".*ModelCheckpoint with manual optimization.*",  # checkpoints are taken after both roles' steps
-    r".*litlogger.*",
-    r".*LeafSpec.*",
-    r".*is_gradient_checkpointing.*",  # raised inside transformers by PEFT
-    r".*torch.distributed is disabled, unavailable or uninitialized.*",  # a sharded checkpoint read in one process
-)
-
-
 DESCRIPTION = """Anchored Bipolicy Self-Play: an attacker and a defender LoRA on one frozen base.
 
   abspo fit --config configs/<x>.yaml          train (resume: --ckpt_path last)
@@ -445,7 +396,7 @@ def remove_run_outputs(run_dir: Path) -> None:
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
-    _prepare_command_line()
+    prepare_command_line()
     return AbspoCLI(
         SelfPlayModule,
         SeedDataModule,
@@ -459,90 +410,6 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> AbspoCLI:
                        "fit": {"exit_on_error": False},
                        "test": {"description": AbspoCLI.test.__doc__.splitlines()[0], "exit_on_error": False}},
     )
-
-
-def _prepare_command_line() -> None:
-    """Settings every abspo command shares: field docstrings in --help, expected warnings silenced."""
-    from jsonargparse import set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs become --help text
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for pattern in _EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _read_sharded_checkpoint(path: Path) -> dict:
-    """A sharded (FSDP2) checkpoint folder as abspo's FSDP2Strategy writes it: the loop state in ``meta.pt``, the
-    adapter tensors in torch.distributed.checkpoint files. Returns the loop state with ``state_dict`` holding the
-    whole adapter tensors (LoRA-sized; read in this one process), so that it can be checked, and evaluated by
-    ``abspo test`` on one process; ``fit`` resumes it through the strategy, shard by shard."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint import load as dcp_load
-
-    prefix = "state_dict."
-    try:
-        checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
-        reader = FileSystemReader(str(path))
-        saved = reader.read_metadata().state_dict_metadata
-        tensors = {k[len(prefix):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
-                   for k, m in saved.items() if k.startswith(prefix) and hasattr(m, "size")}
-        dcp_load({"state_dict": tensors}, storage_reader=reader, no_dist=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable folder is a user-facing problem here
-        raise ConfigError("--ckpt_path", f"{path} is not a readable sharded checkpoint folder ({type(err).__name__})",
-                          "point it at a checkpoint written by abspo") from None
-    checkpoint["state_dict"] = tensors
-    checkpoint[SHARDED_KEY] = True
-    return checkpoint
-
-
-SHARDED_KEY = "abspo_read_from_shards"
-"""Marks a checkpoint read whole from a sharded folder (by :func:`_read_sharded_checkpoint`, never saved)."""
-
-
-def _progress_lines() -> None:
-    """Show abspo's INFO lines (``generated 16/120``...): an evaluation on a CPU runs for many minutes."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("abspo").setLevel(logging.INFO)
-
-
-def run_function_command(fn: Callable[..., Any], prog: str, argv: list[str]) -> tuple[Any, dict[str, Any]]:
-    """Parse ``argv`` into ``fn``'s arguments (its signature and docstring are the options and --help) and call it.
-
-    The options use abspo's config syntax: nested dataclass fields (``--protocol.limit``), a class path with
-    ``--judge.init_args.<arg>``, and ``--config file.yaml`` holding any of them. Returns (result, arguments).
-    """
-    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
-
-    _prepare_command_line()
-    _progress_lines()
-    check_config_files(argv)
-    parser = ArgumentParser(prog=prog, description=fn.__doc__.splitlines()[0], default_env=False, exit_on_error=False,
-                            allow_abbrev=False)  # a misspelt --epoch must not run as --epochs
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_function_arguments(fn)
-    try:
-        cfg = parser.parse_args(argv)
-    except ArgumentError as err:  # one line naming the option (and file:line), as for fit
-        known = [o for o in parser._option_string_actions if o.startswith("--")]
-        raise config_error(str(err), argv, known, prog) from None
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
-    kwargs = instantiate(cfg).as_dict()
-    kwargs.pop("config", None)
-    if kwargs.get("out") is not None:
-        check_output_folder(kwargs["out"], "--out")
-    return fn(**kwargs), kwargs
-
-
-def crossplay_main(argv: list[str]) -> None:
-    """``abspo crossplay``: see :func:`abspo.evaluation.crossplay.run_crossplay`."""
-    _, kwargs = run_function_command(run_crossplay, "abspo crossplay", argv)
-    out = Path(kwargs["out"])
-    print((out / "matrix.md").read_text(encoding="utf-8"))
-    heatmap = json.loads((out / "crossplay.json").read_text(encoding="utf-8"))["heatmap"]
-    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, exchanges.html, crossplay.json, "
-          + (heatmap or "no heatmap.png (pip install matplotlib)"))
 
 
 def safety_report_main(argv: list[str]) -> None:
@@ -571,7 +438,7 @@ def sft_main(argv: list[str]) -> None:
           + (", tb/" if (out / "tb").is_dir() else ""))
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_main, "safety-report": safety_report_main,
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"crossplay": crossplay_command, "safety-report": safety_report_main,
                                                      "plan": plan_main, "compare": compare_main, "sft": sft_main}
 """Subcommands beside LightningCLI's, each a function whose signature is its options: they evaluate finished
 adapters, plan or compare runs, or warm-start an adapter (``sft``)."""

@@ -37,7 +37,7 @@ from abspo.atomic import atomic_write
 from abspo.adapter_folders import saved_adapter_shapes
 from abspo.config import stacked_config_files
 from abspo.errors import ConfigError
-from abspo.evaluation.crossplay import CrossplayProtocol
+from abspo.evaluation.crossplay import CrossplayProtocol, crossplay_command
 from abspo.evaluation.curves import plot_runs, read_scalars
 from abspo.evaluation.players import is_model_folder
 from abspo.modes import MODES
@@ -82,8 +82,6 @@ def run_compare(
         fit_args: Extra ``abspo fit`` arguments for every run, e.g. ["--data.batch_size", "4"].
         retrain: Train again even where a finished run with the same settings exists.
     """
-    from abspo.cli import crossplay_main  # (the CLI imports this module)
-
     if batches < 1 or diagnostics_every < 1:
         raise ConfigError("batches" if batches < 1 else "diagnostics_every", "must be >= 1", "use a positive number")
     unknown = [m for m in modes if m not in MODES]
@@ -110,7 +108,7 @@ def run_compare(
         if model_cfg.get(key) is not None:
             argv += [f"--{key}", json.dumps(model_cfg[key])]
     log.info("cross-play: %d attackers x %d defenders on %s", len(attackers), len(defenders), protocol.seeds)
-    crossplay_main(argv)
+    crossplay_command(argv)
     crossplay = json.loads((out_dir / "crossplay" / "crossplay.json").read_text(encoding="utf-8"))
 
     scalars = {m: read_scalars(out_dir / "runs" / m) for m in modes}

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from abspo.atomic import atomic_write
+from abspo.command_line import run_function_command
 from abspo.digest import file_sha256
 from abspo.errors import ConfigError
 from abspo.evaluation.pages import render_records_page
@@ -328,3 +329,16 @@ def run_crossplay(
             "seconds": round(time.perf_counter() - start, 1)}
     write_crossplay(out, result, meta)
     return result
+
+
+def crossplay_command(argv: list[str]) -> None:
+    """``abspo crossplay``: :func:`run_crossplay` with its options read from ``argv``, then the matrix printed.
+
+    ``abspo compare`` plays its tournament through this too (the base, judge and game its runs trained with, as
+    options), so that both commands read the same options the same way and print the same matrix."""
+    _, kwargs = run_function_command(run_crossplay, "abspo crossplay", argv)
+    out = Path(kwargs["out"])
+    print((out / "matrix.md").read_text(encoding="utf-8"))
+    heatmap = json.loads((out / "crossplay.json").read_text(encoding="utf-8"))["heatmap"]
+    print(f"written to {out}/: matrix.csv, pairs.csv, matrix.md, exchanges.jsonl, exchanges.html, crossplay.json, "
+          + (heatmap or "no heatmap.png (pip install matplotlib)"))

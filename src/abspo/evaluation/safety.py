@@ -57,6 +57,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -430,6 +431,27 @@ def safety_report(defender: Callable[[list[str]], list[str]], judge: Judge, out:
     return report
 
 
+def model_safety_report(model: Callable[[], AbstractContextManager], tokenizer, game: GameConfig,
+                        judge: Judge, out: str | Path, protocol: SafetyProtocol, data: SafetyData,
+                        items: Sequence[Item], defender: dict[str, Any], base: BaseModel) -> dict[str, Any]:
+    """The safety report of a model playing the defender: greedy, in ``game``'s format with the protocol's answer
+    length. ``model`` yields the model (:class:`~abspo.evaluation.players.ModelDefender`); ``defender`` and
+    ``base`` say what it is in ``report.json``. One function for an adapter folder (``abspo safety-report``) and
+    a run's own defender (``abspo test``), so that both reports record their generation alike."""
+    played = ModelDefender(model, tokenizer, evaluation_game(game, protocol), protocol.batch_size)
+    describe = {"defender": defender, "base": asdict(base), "generation": generation_record(played)}
+    return safety_report(played, judge, out, protocol, data, describe, items)
+
+
+def report_scalars(report: dict[str, Any]) -> dict[str, float]:
+    """Every rate of ``report`` as a TensorBoard scalar, ``eval/<benchmark>/<metric>``, the unlabelled left out."""
+    scalars = {}
+    for bench, entry in report["benchmarks"].items():
+        rates = {entry["metric"]: entry["rate"], **{k: v["rate"] for k, v in entry.items() if isinstance(v, dict)}}
+        scalars.update({f"eval/{bench}/{k}": v for k, v in rates.items() if v is not None})
+    return scalars
+
+
 # Defaults are instances (never mutated here) so that the command line shows their fields as --base.name_or_path etc.
 def run_safety_report(
     out: str,
@@ -462,7 +484,5 @@ def run_safety_report(
 
         judge = HeuristicJudge()
     pool = PlayerPool.load(base, [spec])
-    game = evaluation_game(game, protocol)
-    model = ModelDefender(functools.partial(pool.model_for, spec), pool.tokenizer, game, protocol.batch_size)
-    describe = {"defender": spec.describe(), "base": asdict(base), "generation": generation_record(model)}
-    return safety_report(model, judge, out, protocol, data, describe, items)
+    return model_safety_report(functools.partial(pool.model_for, spec), pool.tokenizer, game, judge, out, protocol,
+                               data, items, spec.describe(), base)
