@@ -28,6 +28,7 @@ from abspo.data import Seed
 from abspo.distributed import Collective
 from abspo.game import GameConfig
 from abspo.judges import HeuristicJudge
+from abspo.lockstep import Lockstep
 from abspo.models import BaseModel
 from abspo.module import SelfPlayModule
 from abspo.rollout import generate
@@ -78,10 +79,10 @@ def main(mode: str, out: str) -> None:
     cuts = []
     if mode == "fsdp2":
         shard_bank(m.bank, collective.world_size, "cpu")
-        m._sharded = True
+        m.layout = Lockstep()
         m.algorithm.micro_batch_tokens = FSDP2_MICRO_BATCH_TOKENS
-        cut = m._micro_batch_rows
-        m._micro_batch_rows = lambda *args: cuts.append(cut(*args)) or cuts[-1]
+        cut = m.updater.micro_batch_rows
+        m.updater.micro_batch_rows = lambda *args: cuts.append(cut(*args)) or cuts[-1]
     stats = play_and_learn(m, collective)
     stats["micro_batches"] = [[len(rows) for rows in c] for c in cuts]
     adapters = {k: full_tensor(v) for k, v in m.bank.adapter_state_dict().items()}

@@ -70,7 +70,7 @@ def test_attacker_turns_are_spread_over_processes():
     """The unrevised seeds are the first of each label; interleaved shares give every process its part of the
     attacker's turns (contiguous ones gave this batch's 64 revised seeds as [0, 0, 0, 0, 16, 16, 16, 16])."""
     from abspo.data import Seed
-    from abspo.module import unrevised_seeds
+    from abspo.play import unrevised_seeds
 
     seeds = [Seed(str(i), i % 3 == 0) for i in range(128)]
     unrevised = unrevised_seeds(seeds, 0.5)

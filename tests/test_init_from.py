@@ -22,6 +22,7 @@ from abspo.game import Exchange, GameConfig
 from abspo.models import load_base
 from abspo.module import SelfPlayModule
 from abspo.rollout import build_scoring_batch, generate
+from abspo.update import role_samples
 from tests.conftest import TINY, perturb
 
 R, ALPHA = 4, 8  # configs/tiny.yaml's LoRA spec
@@ -144,8 +145,8 @@ def played(m: SelfPlayModule, role: str, seed: int = 0) -> list[Exchange]:
 def test_the_kl_at_step_zero(start, anchor, warm, zero_kl):
     """0 exactly wherever a role starts at its anchor; a warm start anchored to the base starts away from it."""
     m = module(start if warm else None, anchor)
-    samples = m.role_samples("defender", played(m, "defender"))
-    old, ref, mask = m._reference_logprobs("defender", samples)
+    samples = role_samples("defender", played(m, "defender"))
+    old, ref, mask = m.updater.reference_logprobs("defender", samples)
     assert mask.sum() > 0
     if zero_kl:
         assert torch.equal(old * mask, ref * mask)
@@ -156,7 +157,7 @@ def test_the_kl_at_step_zero(start, anchor, warm, zero_kl):
 def first_token_kl(m: SelfPlayModule, role: str) -> float:
     """KL(role || the role's anchor) of the first completion token, averaged over the prompts."""
     ids = [m.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    batch = build_scoring_batch(ids, [[0]] * len(ids), m._pad_id())
+    batch = build_scoring_batch(ids, [[0]] * len(ids), m.pad_id)
     dists = []
     for context in (m.bank.role(role), m.bank.anchor(role)):
         with context as model, torch.no_grad():

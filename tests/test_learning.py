@@ -60,7 +60,7 @@ def first_token_probs(module: SelfPlayModule, role: str | None) -> torch.Tensor:
     """[prompts, vocab] distribution of the first completion token under ``role`` (None: the anchor), laid out
     exactly as generation and scoring lay it out."""
     ids = prompt_ids(module)
-    batch = build_scoring_batch(ids, [[0]] * len(ids), module._pad_id())
+    batch = build_scoring_batch(ids, [[0]] * len(ids), module.pad_id)
     context = module.bank.anchor() if role is None else module.bank.role(role)
     with context as model:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

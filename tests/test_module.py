@@ -8,7 +8,8 @@ import torch
 from abspo.bank import ROLES, BankSpec, LoraSpec
 from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
 from abspo.game import GameConfig
-from abspo.module import SelfPlayModule, game_metrics
+from abspo.module import SelfPlayModule
+from abspo.play import game_metrics
 from tests.conftest import TINY
 
 GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
@@ -31,7 +32,7 @@ def changed(before: list[torch.Tensor], module: SelfPlayModule, adapter: str) ->
 
 def step(module: SelfPlayModule, seeds, index: int, roles: list[str] | None = None):
     """Play batch ``index`` and update through the module's own entry point (``roles=[]``: play only)."""
-    module._generated_tokens = 0
+    module.sampler.reset()
     torch.manual_seed(index)
     exchanges = module.play(seeds.batch(index).seeds)
     if roles == []:
@@ -61,7 +62,7 @@ def test_a_forfeit_is_not_counted_as_unlabelled():
     exchanges sent to the judge, as the unlabelled guard counts them."""
     from abspo.game import Exchange
     from abspo.judges.base import Verdict
-    from abspo.module import judge_counts
+    from abspo.play import judge_counts
 
     def game(verdict, played=True, **kw):
         e = Exchange(seed="s", seed_harmful=True, revised=True, group=0, verdict=verdict, **kw)
@@ -148,7 +149,7 @@ def test_kl_to_the_anchor_grows_from_zero(judge, seeds):
 
 def test_unrevised_share_is_taken_from_harmful_and_benign_seeds_alike():
     from abspo.data import Seed
-    from abspo.module import unrevised_seeds
+    from abspo.play import unrevised_seeds
 
     seeds = [Seed("h1", True), Seed("b1", False), Seed("h2", True), Seed("h3", True), Seed("b2", False), Seed("h4", True)]
     assert unrevised_seeds(seeds, 0.5) == {0, 2, 1}  # 2 of 4 harmful (h1, h2), 1 of 2 benign (b1)
@@ -205,11 +206,11 @@ def test_a_micro_batch_holds_one_roles_rows_longest_first(judge):
     prompts = [[5] * p for _, p, _ in rows.values()]
     completions = [[6] * c for _, _, c in rows.values()]
     roles = [r for r, _, _ in rows.values()]
-    apart = module._micro_batch_rows(prompts, completions, roles)
+    apart = module.updater.micro_batch_rows(prompts, completions, roles)
     assert apart == [[1, 3], [0, 2], [4], [5]]
     padded = lambda chunks: sum(len(c) * (max(len(prompts[i]) for i in c) + max(len(completions[i]) for i in c))  # noqa: E731
                                 for c in chunks)
-    together = module._micro_batch_rows(prompts, completions)
+    together = module.updater.micro_batch_rows(prompts, completions)
     assert together == [[1, 0], [3, 2], [4, 5]], "without roles: by length only"
     assert (padded(apart), padded(together)) == (168, 260)
 
@@ -228,8 +229,8 @@ def test_a_token_cap_cuts_the_micro_batches_and_changes_no_update(judge, estimat
         exchanges = scored_exchanges(module, lengths, [1.0, -1.0, 0.5, 0.0, -0.5, 2.0])
         for e in exchanges:
             e.group = e.group // 2
-        cut = module._micro_batch_rows
-        module._micro_batch_rows = lambda *a, _cut=cut, _cap=cap: cuts.setdefault(_cap, []).append(_cut(*a)) or _cut(*a)
+        cut = module.updater.micro_batch_rows
+        module.updater.micro_batch_rows = lambda *a, _cut=cut, _cap=cap: cuts.setdefault(_cap, []).append(_cut(*a)) or _cut(*a)
         before = {a: snapshot(module, a) for a in ("attacker", "defender")}
         module.learn(exchanges, 0)
         assert all(changed(before[a], module, a) for a in before)
@@ -351,8 +352,8 @@ LEAN = [AlgorithmConfig(kl_mode="loss_k3", kl_coef=0.1),
 
 def role_gradient(module: SelfPlayModule, exchanges, role: str) -> tuple[list[torch.Tensor], dict]:
     """The defender's gradient and stats from one rollout batch and gradient pass (no optimizer step)."""
-    rollout = module.rollout_batch([role], exchanges)
-    stats = {**rollout.stats, **module.gradient_pass(role, [role], rollout)}
+    rollout = module.updater.rollout_batch([role], exchanges)
+    stats = {**rollout.stats, **module.updater.gradient_pass([role], rollout)}
     grads = [p.grad.clone() for p in module.bank.adapter_parameters(role)]
     for p in module.bank.adapter_parameters(role):
         p.grad = None
@@ -464,7 +465,7 @@ def test_a_prompt_longer_than_the_context_is_cut_and_counted_or_refused(judge, s
     module = make(judge, game=GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8, unrevised_fraction=1.0))
     with caplog.at_level(logging.WARNING, logger="abspo.module"):
         exchanges = module.play(batch)
-    assert module._truncated == 1 and "1 defender prompts were cut" in caplog.text
+    assert module.sampler.truncated == 1 and "1 defender prompts were cut" in caplog.text
     prompt_ids, completion = exchanges[0].turns["defender"]
     assert len(prompt_ids) + 8 <= 2048 and completion
     assert module.tokenizer.decode(prompt_ids).rstrip().endswith("assistant"), "the generation prompt is kept"

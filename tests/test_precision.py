@@ -128,7 +128,7 @@ def test_the_updates_kl_passes_compute_in_float32_when_asked(judge):
     samples = [(torch.randint(5, 200, (p,), generator=g).tolist(), torch.randint(5, 200, (c,), generator=g).tolist(),
                 1.0, 0, None) for p, c in ((7, 5), (12, 9), (3, 1))]
     (old, ref, mask), (old32, ref32, _), (old16, ref16, _) = (
-        m._reference_logprobs("attacker", samples) for m in (precise, exact, rounded))
+        m.updater.reference_logprobs("attacker", samples) for m in (precise, exact, rounded))
     on = mask.bool()
     torch.testing.assert_close(old[on], old32[on], atol=1e-6, rtol=0)
     torch.testing.assert_close(ref[on], ref32[on], atol=1e-6, rtol=0)

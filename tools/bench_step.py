@@ -32,14 +32,14 @@ def make_module(dtype: str, args) -> tuple[SelfPlayModule, list, list]:
 
 def one_batch(module, optimizers, schedulers, seeds, index: int) -> dict[str, float]:
     torch.manual_seed(index)
-    module._generated_tokens = 0
+    module.sampler.reset()
     start = time.perf_counter()
     exchanges = module.play(seeds)
     play = time.perf_counter() - start
-    row = {"play_s": play, "gen_tokens_per_s": module._generated_tokens / play}
+    row = {"play_s": play, "gen_tokens_per_s": module.sampler.generated_tokens / play}
     for adapter, opt, sched in zip(module.adapters, optimizers, schedulers):
         start = time.perf_counter()
-        module.update(adapter, [adapter], exchanges, opt, sched)
+        module.updater.update(adapter, [adapter], exchanges, opt, sched)
         row[f"update_{adapter}_s"] = time.perf_counter() - start
     return row
 

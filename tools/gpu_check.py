@@ -108,7 +108,7 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     """One batch through play and learn; the rollouts and the judge are read from the module's own phase clock."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    module._generated_tokens = 0
+    module.sampler.reset()
     module.clock.take()
     synchronize()
     start = time.perf_counter()
@@ -122,8 +122,8 @@ def timed_step(module: SelfPlayModule, seeds, device: str) -> dict[str, float]:
     rollout_s = phases.get("rollout/attacker", 0.0) + phases.get("rollout/defender", 0.0)
     return {"step_s": done - start, "rollouts_s": rollout_s, "judge_s": phases.get("judge", 0.0),
             "update_s": done - played,
-            "rollout_tokens_per_s": module._generated_tokens / max(rollout_s, 1e-9),
-            "generated_tokens": module._generated_tokens,
+            "rollout_tokens_per_s": module.sampler.generated_tokens / max(rollout_s, 1e-9),
+            "generated_tokens": module.sampler.generated_tokens,
             "peak_gib": torch.cuda.max_memory_allocated() / GIB if device.startswith("cuda") else float("nan"),
             "updated": sorted(k for k in stats if k.endswith("/grad_norm"))}
 

@@ -33,3 +33,21 @@ def log_batch_metrics(module: L.LightningModule, metrics: Mapping[str, float], s
     for logger in module.loggers:
         logger.log_metrics(values, step=step)
         logger.save()  # as Lightning does after each log: a killed run keeps what was measured
+
+
+def samples_markdown(exchanges) -> str:
+    """A markdown table of games (:class:`~abspo.game.Exchange`) for TensorBoard's text tab."""
+
+    def cell(text: str | None, limit: int = 300) -> str:
+        text = (text or "").replace("|", "\\|").replace("\n", " ")
+        return text[:limit] + ("…" if len(text) > limit else "")
+
+    rows = ["| seed (label) | attacker prompt | defender response | verdict | rewards |", "|---|---|---|---|---|"]
+    for e in exchanges:
+        v = e.verdict
+        verdict = "—" if v is None else f"req_harm={v.prompt_harmful} refusal={v.refusal} resp_harm={v.response_harmful}"
+        label = "harmful" if e.seed_harmful else "benign"
+        prompt = e.prompt if e.revised else "(unrevised)"
+        rewards = ", ".join(f"{k}={v:+.2f}" for k, v in e.rewards.items())
+        rows.append(f"| {cell(e.seed)} ({label}) | {cell(prompt)} | {cell(e.response)} | {verdict} | {rewards} |")
+    return "\n".join(rows)

@@ -46,9 +46,11 @@ from abspo import run_folder
 from abspo.atomic import atomic_write
 from abspo.diversity import mean_pairwise_cosine, paired_cosine, self_bleu
 from abspo.game import defender_prompt, read_defender_turn
+from abspo.play import sampling_key
 from abspo.rollout import build_scoring_batch, completion_logits, completion_logprobs, generate
 from abspo.sharding import gathered
 from abspo.step_logging import log_batch_metrics
+from abspo.update import policy_loss
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class CollapseDiagnostics(L.Callback):
         """Every enabled figure for one batch's scored ``exchanges`` (the module's current weights); the seconds
         each group took are added to :attr:`seconds_by_figure`."""
         out: dict[str, float] = {}
-        sharded = getattr(module, "_sharded", False)
+        sharded = module.layout.sharded
         figures = {"diversity": (self.diversity, lambda: self.attack_diversity(module, exchanges)),
                    "pressure": (self.pressure and not sharded,
                                 lambda: self.external_pressure(module, exchanges, batch_index)),
@@ -134,8 +136,6 @@ class CollapseDiagnostics(L.Callback):
                 and e.verdict.response_harmful is not None][: self.probe_games]
 
     def external_pressure(self, module, exchanges, batch_index: int) -> dict[str, float]:
-        from abspo.module import sampling_key
-
         attacks = self.attacks(exchanges)
         if not attacks:
             return {}
@@ -184,24 +184,19 @@ class CollapseDiagnostics(L.Callback):
         """Gradient of ``role``'s training loss on up to ``probe_games`` of its turns, w.r.t. ``params``.
 
         The turns, advantages and anchor log-probs are those of the role's latest update when the module kept
-        them (``module.last_rollouts``, rows of this batch); else they are computed from ``exchanges``."""
-        kept = exchanges is getattr(module, "last_exchanges", None)  # the batch the latest update trained on
-        rollout = module.last_rollouts.get(module.bank.adapter_for(role)) if kept else None
+        them (``module.updater.last_rollouts``, rows of this batch); else they are computed from ``exchanges``."""
+        kept = exchanges is module.last_exchanges  # the batch the latest update trained on
+        rollout = module.updater.last_rollouts.get(module.bank.adapter_for(role)) if kept else None
         if rollout is None or role not in rollout.roles:
             mine = [e for e in exchanges if role in e.rewards and role in e.turns][: self.probe_games]
-            rollout = module.rollout_batch([role], mine) if mine else None
+            rollout = module.updater.rollout_batch([role], mine) if mine else None
             if rollout is None:
                 return None
         rows = [i for i, r in enumerate(rollout.roles) if r == role][: self.probe_games]
-        cfg = module.algorithm
-        batch = build_scoring_batch([rollout.prompts[i] for i in rows], [rollout.completions[i] for i in rows],
-                                    module._pad_id(), module.device)
-        t = batch.completion_ids.shape[1]
-        adv, ref = (x[rows, :t].to(module.device) for x in (rollout.advantages, rollout.ref_logp))
+        batch, adv, ref = rollout.rows(rows, module.pad_id, module.device)
         with module.bank.role(role) as model, module.bank.update_mode(), torch.enable_grad():
             logp, _ = completion_logprobs(model, batch, temperature=module.game.temperature)
-            loss, _ = alg.objective(logp, logp.detach(), ref, adv, batch.completion_mask, None, cfg.kl_coef,
-                                    kl_in_loss=cfg.kl_mode == "loss_k3")
+            loss, _ = policy_loss(module.algorithm, logp, logp.detach(), ref, adv, batch.completion_mask, on_policy=True)
             return list(torch.autograd.grad(loss, params, allow_unused=True))
 
     @torch.no_grad()
@@ -212,7 +207,7 @@ class CollapseDiagnostics(L.Callback):
         turns = [e.turns["defender"] for e in exchanges if "defender" in e.turns][: self.probe_games]
         if not turns:
             return None
-        batch = build_scoring_batch([p for p, _ in turns], [c for _, c in turns], module._pad_id(), module.device)
+        batch = build_scoring_batch([p for p, _ in turns], [c for _, c in turns], module.pad_id, module.device)
         logps = {}
         for role in ("defender", "attacker"):
             with bank.role(role) as model:

@@ -28,7 +28,7 @@ class AdapterExport(L.Callback):
         return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / run_folder.ADAPTERS
 
     def export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        sharded = getattr(module, "_sharded", False)  # FSDP2: every process gathers, rank 0 writes
+        sharded = module.layout.sharded  # FSDP2: every process gathers, rank 0 writes
         if self._last_step == trainer.global_step or not (trainer.is_global_zero or sharded):
             return
         for role in module.bank.spec.roles:

@@ -63,7 +63,7 @@ class SafetyTable(L.Callback):
         return out
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if getattr(module, "_sharded", False):
+        if module.layout.sharded:
             rank_zero_warn("SafetyTable: skipped under FSDP2 (evaluation generates on one process); measure the "
                            "exported adapters with `abspo test` instead")
             return
