@@ -33,7 +33,8 @@ sampler`` with them. Measured figures: ``benchmarks/bench_rollouts.py`` and docs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -44,6 +45,8 @@ from transformers import CompileConfig, GenerationConfig, LogitsProcessor, Logit
 
 from abspo.errors import ConfigError
 from abspo.logprobs import FUSED_HEAD_MODEL_TYPES, check_temperature, head_token_logprobs, token_logprobs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,7 +123,7 @@ def sampling_config(model, tokenizer, max_new_tokens: int, temperature: float = 
         repetition_penalty=1.0,
         bos_token_id=getattr(own, "bos_token_id", None),
         eos_token_id=tokenizer.eos_token_id if eos is None else eos,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad_token_id(tokenizer),
         output_scores=return_logprobs,
         return_dict_in_generate=return_logprobs,
     ))
@@ -209,7 +212,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
     keyed = keys is not None and temperature > 0
     if keyed and (len(keys) != len(prompts) or top_p != 1.0):
         raise ValueError("keyed sampling needs one key per prompt and top_p 1.0")
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
+    enc = left_padded(tokenizer, prompts, _device(model))
     config = sampling_config(model, tokenizer, max_new_tokens, temperature, top_p, return_logprobs and not keyed,
                              keyed, decoding)
     sampler = KeyedGumbelSampler(keys, temperature, record=return_logprobs) if keyed else None
@@ -234,6 +237,53 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
         sampled = [steps[i, torch.arange(len(c)), torch.tensor(c, dtype=torch.long)].tolist() if c else []
                    for i, c in enumerate(completions)]
     return Generation(prompt_ids, completions, texts, sampled)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else 0 (Llama 3
+    tokenizers have neither a pad token nor a single eos id; 0 is what Meta's example uses). Padded positions
+    are masked, so the choice changes no output."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def left_padded(tokenizer, prompts: list[str], device) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``prompts`` (no special tokens added: chat templates hold them),
+    left-padded so that every row continues at the right edge. Padded here, not by the tokenizer: a tokenizer
+    shared with another model (a colocated judge) must not be mutated, and its ``padding_side`` not trusted."""
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        if row:
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
+def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions of rendered ``prompts`` (special tokens stripped), in input order, ``batch_size`` per
+    :func:`generate` call: what guard judges and evaluation players decode with.
+
+    Batches are formed from prompts sorted by token count, longest first, so padding stays small and the largest
+    batch runs first (an out-of-memory error shows at once, not at the end). Padded positions are masked, so a
+    prompt's answer does not depend on the batch it landed in (up to floating-point noise in half precision).
+    """
+    if batch_size < 1:
+        raise ConfigError("batch_size", f"{batch_size} is not a positive integer", "use e.g. 16")
+    lengths = [len(row) for row in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    texts = [""] * len(prompts)
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        gen = generate(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, temperature=0.0)
+        for i, text in zip(chunk, gen.texts):
+            texts[i] = text
+        log.info("generated %d/%d", min(lo + batch_size, len(order)), len(order))
+    return texts
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

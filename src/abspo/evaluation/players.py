@@ -46,7 +46,7 @@ from abspo.errors import ConfigError
 from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
                         read_defender_turn)
 from abspo.models import BaseModel, load_base
-from abspo.rollout import generate
+from abspo.rollout import generate_greedy
 
 log = logging.getLogger(__name__)
 
@@ -232,25 +232,6 @@ def _warn_on_base_name(folder: Path, base: BaseModel) -> None:
 
 
 # -- playing turns ----------------------------------------------------------------------------------------
-def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions of rendered ``prompts``, in the input order, ``batch_size`` prompts per call.
-
-    Batches are formed from prompts sorted longest first, so padding stays small and the largest batch runs
-    first (an out-of-memory error shows at once, not at the end).
-    """
-    if batch_size < 1:
-        raise ConfigError("batch_size", f"{batch_size} is not a positive integer", "use e.g. 16")
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    texts = [""] * len(prompts)
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo:lo + batch_size]
-        gen = generate(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, temperature=0.0)
-        for i, text in zip(chunk, gen.texts):
-            texts[i] = text
-        log.info("generated %d/%d", min(lo + batch_size, len(order)), len(order))
-    return texts
-
-
 @dataclass(frozen=True)
 class Rewrite:
     """What an attacker made of one seed."""

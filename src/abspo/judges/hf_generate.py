@@ -12,17 +12,16 @@ Choices worth knowing:
   change from one call to the next.
 * Prompts are tokenised with ``add_special_tokens=False``: the published formats already contain the
   BOS token as text, as in the models' own usage examples.
-* Left padding is done here, by hand, instead of by setting ``tokenizer.padding_side``: a tokenizer
-  passed in for colocation may be shared with the policy, and it must not be mutated.
-* Batches are formed from length-sorted queries (longest first, so an out-of-memory error shows on
-  the first batch rather than late in a run), and the answers are put back in input order.
+* Decoding is the training rollouts' engine at temperature 0 (:func:`abspo.rollout.generate_greedy`): left
+  padding by hand (a tokenizer passed in for colocation may be shared with the policy, and it must not be
+  mutated), batches of length-sorted queries (longest first, so an out-of-memory error shows on the first
+  batch rather than late in a run), answers put back in input order and cut at the end-of-sequence token.
 * The model is loaded on first use, not in ``__init__``: LightningCLI builds the judge before the
   strategy has set each process's CUDA device, and ``device="cuda"`` must mean *this rank's* GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from abspo.judges.base import Judge, Verdict
 from abspo.judges.formats import GuardFormat
+from abspo.rollout import generate_greedy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -92,62 +92,6 @@ def load_tokenizer(
         )
     except OSError as err:
         raise _load_error(arg, name, local_files_only, err) from err
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0  # Llama 3 tokenizers have neither pad nor a single eos id; 0 is what Meta's example uses.
-
-
-@torch.inference_mode()
-def generate_greedy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-) -> list[str]:
-    """Greedy continuations of ``texts`` (special tokens stripped), in input order.
-
-    Texts are tokenised without adding special tokens, sorted by length, left-padded per batch and
-    decoded from the first new position. Padded positions are masked, so a text's answer does not
-    depend on which batch it landed in (up to floating-point noise in half precision).
-    """
-    if not texts:
-        return []
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    pad = _pad_id(tokenizer)
-    device = model.device
-    out: list[str] = [""] * len(ids)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(ids[i])
-            input_ids[row, width - n :] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, width - n :] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            # Unset sampling knobs that a model's generation_config may carry (Llama 3.1 ships
-            # temperature/top_p), so greedy decoding does not warn on every call.
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-        )
-        texts_out = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-        for i, text in zip(batch, texts_out):
-            out[i] = text
-    return out
 
 
 class HFGuardJudge(Judge):
