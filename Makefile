@@ -1,7 +1,8 @@
 # Two commands do all the set-up:
 #   make train   # installs into .venv (once), warm-starts the defender (once), runs the main job: SmolLM2-135M
 #                # on this CPU, ending with the before/after safety table
-#   make test    # installs into .venv (once) and runs the test suite
+#   make test    # installs into .venv (once) and runs the test suite (CI runs this)
+#   make test-fast   # the suite without the tests marked slow: a few minutes, for the edit-test loop
 # Re-running skips what is done: the venv is rebuilt only when pyproject.toml changes, and `make train`
 # resumes its run from the last checkpoint (a finished run returns at once).
 
@@ -15,7 +16,7 @@ RUN_DIR = checkpoints/$(basename $(notdir $(CONFIG)))
 WARM_START ?= checkpoints/warm-start/defender
 STAMP = $(VENV)/.installed
 
-.PHONY: setup train test clean
+.PHONY: setup train test test-fast clean
 
 setup: $(STAMP)
 
@@ -35,6 +36,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) checkpoints

@@ -98,30 +98,6 @@ class AlgorithmConfig:
 
 
 @dataclass
-class GuardConfig:
-    """What stops a run that can no longer learn, instead of letting it train on nothing for hours."""
-
-    max_consecutive_nonfinite: int = 3
-    """A role update whose loss or gradient is not finite (NaN, inf) is skipped: the adapter and its optimizer
-    state stay as they were (logged as <role>/skipped_nonfinite). This many in a row for one adapter stop the run,
-    whose last.ckpt then holds the weights from before the first of them."""
-    max_unlabelled_share: float = 0.8
-    """Stop when more than this share of the exchanges sent to the judge over the last unlabelled_window batches
-    came back unlabelled (a dead or failing judge server: RemoteJudge turns every failure into no label). 1.0:
-    never stop."""
-    unlabelled_window: int = 10
-    """Batches over which max_unlabelled_share is measured."""
-
-    def validate(self) -> None:
-        for key in ("max_consecutive_nonfinite", "unlabelled_window"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.guards.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
-        if not 0.0 < self.max_unlabelled_share <= 1.0:
-            raise ConfigError("model.guards.max_unlabelled_share", f"must be in (0, 1], got {self.max_unlabelled_share}",
-                              "use e.g. 0.8, or 1.0 to never stop")
-
-
-@dataclass
 class ScheduleConfig:
     """Which role learns on which batch."""
 

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 
 class TrainingStopped(RuntimeError):
-    """A guard stopped the run (:class:`abspo.config.GuardConfig`): the message says which, why, and what to do."""
+    """A guard stopped the run (:class:`abspo.guards.GuardConfig`): the message says which, why, and what to do."""
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

@@ -43,12 +43,12 @@ from abspo import resume
 from abspo.bank import ROLES, AdapterBank, Anchor, BankSpec, check_anchor
 from abspo.checks import check_chat_template, check_model_settings
 from abspo.checks import check_trainer as check_trainer_settings
-from abspo.config import AlgorithmConfig, GuardConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
+from abspo.config import AlgorithmConfig, LoggingConfig, OptimizerConfig, ScheduleConfig, default_optimizers
 from abspo.data import Seed, SeedBatch
 from abspo.distributed import Collective
 from abspo.full_policy import FullPolicy
 from abspo.game import Exchange, GameConfig
-from abspo.guards import Guards
+from abspo.guards import GuardConfig, Guards
 from abspo.judges.base import Judge
 from abspo.lockstep import Lockstep, Replicated
 from abspo.models import BaseModel, empty_base, load_base, meta_model, weight_folder
