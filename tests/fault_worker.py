@@ -49,13 +49,14 @@ def main() -> None:
     assert sep == "--", "usage: python -m tests.fault_worker KILL_POINT N -- <abspo arguments>"
     n = int(n)
     import abspo.checkpoint_io
-    import abspo.module
+    import abspo.play
+    import abspo.update
     from abspo.cli import main as abspo_main
 
     if point == "rollout":
-        _kill_on_call(abspo.module, "generate", n)
+        _kill_on_call(abspo.play, "generate", n)
     elif point == "update":
-        _kill_on_call(abspo.module.SelfPlayModule, "gradient_pass", n)
+        _kill_on_call(abspo.update.PolicyUpdate, "gradient_pass", n)
     elif point == "save":
         _kill_on_call(abspo.checkpoint_io.torch, "save", n, before=_half_write)
     elif point != "none":

@@ -29,6 +29,7 @@ def eval_steps(run_dir) -> set[int]:
     return steps
 
 
+@pytest.mark.slow
 def test_abspo_test_reports_on_the_checkpointed_defender(tmp_path):
     cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "4"])
     cli = cli_main(["test", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path),
@@ -141,6 +142,7 @@ def test_help_shows_the_field_docstrings(capsys):
     assert "Each 'vanilla' (seeds unchanged)" in capsys.readouterr().out  # run_crossplay's Args section
 
 
+@pytest.mark.slow
 def test_a_checkpoint_file_is_read_once(tmp_path, monkeypatch):
     cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "2"])
     ckpt = tmp_path / "tiny" / "checkpoints" / "last.ckpt"

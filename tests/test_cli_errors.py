@@ -92,6 +92,7 @@ def _resume_fails_and_keeps_checkpoint(capsys, root: Path, *args: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_resume_with_another_rank_is_refused(capsys, finished_run):
     err = _resume_fails_and_keeps_checkpoint(capsys, finished_run, "--model.bank.adapters",
                                              '{"attacker": {"r": 8, "alpha": 8}, "defender": {"r": 4, "alpha": 8}}')
@@ -140,6 +141,7 @@ def test_resume_without_a_checkpoint_is_an_error_not_a_silent_restart(capsys, tm
     assert "no checkpoint to resume" in err
 
 
+@pytest.mark.slow
 def test_console_script_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([str(Path(sys.executable).parent / "abspo"), *TINY, "--run.output_root", str(tmp_path),
                            "--data.benign", f"[{tmp_path / 'x.jsonl'}]"], capture_output=True, text=True, timeout=300)

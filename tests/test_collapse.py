@@ -110,6 +110,7 @@ def test_role_kl_grows_when_the_roles_are_trained_apart(judge, seeds):
     assert CollapseDiagnostics().role_divergence(module, exchanges) > 1e-4
 
 
+@pytest.mark.slow
 def test_callback_logs_to_tensorboard_and_writes_a_summary(tmp_path):
     cli_main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--trainer.max_steps", "6",
               "--trainer.callbacks+=abspo.callbacks.CollapseDiagnostics",

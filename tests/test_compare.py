@@ -10,6 +10,7 @@ import yaml
 from abspo.cli import main
 
 
+@pytest.mark.slow
 def test_compare_trains_each_mode_then_cross_plays_and_reports(tmp_path, capsys):
     out = tmp_path / "cmp"
     own = tmp_path / "diagnostics.yaml"  # a config with its own CollapseDiagnostics, as configs/smollm2-cpu.yaml has

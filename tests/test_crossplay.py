@@ -19,7 +19,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from abspo.errors import ConfigError
-from abspo.evaluation import players
+from abspo import rollout
 from abspo.evaluation.crossplay import CrossplayProtocol, run_crossplay
 from abspo.evaluation.players import PlayerPool, parse_player, parse_players
 from abspo.evaluation.stats import wilson_interval
@@ -63,13 +63,13 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
 
 def test_three_by_three_matrix_matches_hand_count(tmp_path, adapters, monkeypatch):
     calls: list[list[str]] = []
-    real_generate = players.generate
+    real_generate = rollout.generate
 
     def counting_generate(model, tokenizer, prompts, *args, **kwargs):
         calls.append(list(prompts))
         return real_generate(model, tokenizer, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(players, "generate", counting_generate)
+    monkeypatch.setattr(rollout, "generate", counting_generate)  # the engine evaluation players decode with
     seeds_file = tmp_path / "seeds.jsonl"
     seeds_file.write_text("".join(json.dumps({"prompt": s, "label": "harmful"}) + "\n" for s in SEEDS))
     judge = CrcJudge()

@@ -30,6 +30,8 @@ from tests import collective_worker
 from tests import distributed_worker as worker
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # two gloo processes per test (torchrun or the environment), whole fits
+
 ATOL = 1e-4
 MAX_TOL = 1e-3
 OUTLIERS = 1e-3

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tools.gpu_check import main
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_plays_judges_and_updates_both_roles(tmp_path):
     row, decoding = main(["--tiny", "--json", str(tmp_path / "gpu.json")])
     assert row["updated"] == ["attacker/grad_norm", "defender/grad_norm"], "the random judge's labels let both learn"

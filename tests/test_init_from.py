@@ -221,6 +221,7 @@ def trainable(cli) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in cli.model.bank.adapter_state_dict().items()}
 
 
+@pytest.mark.slow
 def test_a_warm_started_run_trains_resumes_exactly_and_never_saves_the_frozen_start(start, tmp_path):
     straight = fit(tmp_path / "a", start)
     bank = straight.model.bank
@@ -250,6 +251,7 @@ def test_a_warm_started_run_trains_resumes_exactly_and_never_saves_the_frozen_st
                                    rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_resume_from_another_start_or_anchor_is_refused(start, tmp_path, capsys):
     fit(tmp_path, start, "--trainer.max_steps", "2")
     other = AdapterBank(load_base(TINY)[0], BankSpec(adapters={r: LoraSpec(r=R, alpha=ALPHA)

@@ -153,6 +153,7 @@ def test_resume_in_another_mode_is_refused_and_keeps_the_checkpoint(shared_run, 
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_shared_full_resume_equals_uninterrupted_run(tmp_path, full_run):
     root, mode, straight = full_run
     fit(tmp_path, mode, "--trainer.max_steps", "1")
@@ -176,6 +177,7 @@ def test_abspo_test_evaluates_a_shared_full_export_and_refuses_it_in_a_lora_mode
     assert "--ckpt_path" in err and "--model.mode shared_full" in err
 
 
+@pytest.mark.slow
 def test_max_batches_is_one_game_budget_in_every_mode_and_the_end_is_checkpointed(tmp_path):
     for mode, steps in (("bipolicy", 6), ("shared_lora", 3)):  # tiny.yaml checkpoints every 2 steps: 3 is off-grid
         cli = fit(tmp_path, mode, "--run.max_batches", "3")

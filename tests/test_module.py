@@ -499,6 +499,7 @@ def defender_prompt_text(module, prompt: str) -> str:
     return defender_prompt(module.tokenizer, module.game, prompt)
 
 
+@pytest.mark.slow
 def test_static_cache_and_compiled_decoding_play_the_games_of_plain_decoding(judge, seeds):
     """model.rollout.hf reaches generate: the same batch played through a static cache with compiled decoding
     (aot_eager: dynamo's graphs and guards) gives every attacker and defender turn of plain decoding."""

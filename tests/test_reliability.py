@@ -70,6 +70,7 @@ KILLS = {"mid-rollout": ("rollout", 3, 2),  # batch 1's attacker turns
          "mid-checkpoint-save": ("save", 2, 2)}  # half of batch 1's checkpoint on disk
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(straight, tmp_path):
     roots = {name: tmp_path / name.replace(" ", "_") for name in KILLS}
     with ThreadPoolExecutor(len(KILLS)) as pool:
@@ -108,6 +109,7 @@ def stop_after_first_batch(cmd: list[str], signum: int) -> tuple[subprocess.Comp
 SIGNALS = {"SIGTERM": (signal.SIGTERM, 143), "SIGINT": (signal.SIGINT, 130)}  # signal, exit status
 
 
+@pytest.mark.slow
 def test_a_signal_finishes_the_batch_saves_and_exits_non_zero_with_the_resume_command(straight, tmp_path):
     # No periodic checkpoint: whatever last.ckpt holds, the signal's stop wrote it. Both signals' runs go
     # concurrently, then both resumes.
@@ -155,7 +157,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_with_the_weights_from_
     and last.ckpt holds the adapters from before the first bad update."""
     from abspo import algorithms
     from abspo.errors import TrainingStopped
-    from abspo.module import SelfPlayModule
+    from abspo.update import PolicyUpdate
 
     calls, before, seen = [0], {}, []  # objective calls (one per update here), adapters before the first NaN
     objective = algorithms.objective
@@ -165,17 +167,18 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_with_the_weights_from_
         calls[0] += 1
         return loss * float("nan") if calls[0] > 2 else loss, clip
 
-    update = SelfPlayModule.update
+    update = PolicyUpdate.update
 
     def spy(self, adapter, roles, exchanges, opt, sched):
         if calls[0] == 2 and not before:  # the first poisoned update is next
-            before.update({n: p.detach().clone() for n, p in self.named_parameters() if self.bank.owner_of(n)})
+            module = self.module
+            before.update({n: p.detach().clone() for n, p in module.named_parameters() if module.bank.owner_of(n)})
         stats = update(self, adapter, roles, exchanges, opt, sched)
         seen.append(stats)
         return stats
 
     monkeypatch.setattr(algorithms, "objective", poisoned)
-    monkeypatch.setattr(SelfPlayModule, "update", spy)
+    monkeypatch.setattr(PolicyUpdate, "update", spy)
     with pytest.raises(TrainingStopped, match="2 consecutive updates of adapter 'attacker'.*non-finite"):
         tiny_fit(tmp_path, "--run.max_batches", "5", "--model.guards.max_consecutive_nonfinite", "2")
     assert [s.get("attacker/skipped_nonfinite", s.get("defender/skipped_nonfinite")) for s in seen] == [0, 0, 1, 1, 1, 1]
@@ -213,6 +216,7 @@ class StopServer(Callback):
             SERVERS[self.url].close()
 
 
+@pytest.mark.slow
 def test_a_remote_judge_whose_server_dies_mid_run_is_counted_unlabelled_and_stops_the_run(tmp_path):
     from tests.judges.test_remote import Server, wildguard_ok
 

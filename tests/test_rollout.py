@@ -151,6 +151,7 @@ def test_static_cache_samples_the_tokens_of_the_dynamic_cache_for_every_role(new
     assert type(bank.model.generate(**enc, generation_config=config).past_key_values).__name__ == "StaticCache"
 
 
+@pytest.mark.slow
 def test_compiled_decoding_keeps_role_switches_and_in_place_updates_exact():
     """torch.compile guards on the bank's routing attributes (a new role recompiles, never reuses another role's
     graph) and reads adapter weights as inputs (a step in place is seen). aot_eager: dynamo's capture and guards

@@ -84,6 +84,7 @@ def start(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anchor", ["initial", "base"])
 def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start, tmp_path, anchor, capsys):
     table = ('{"class_path": "abspo.callbacks.SafetyTable", "init_args": {"protocol": {"limit": 3, "benign_limit": 2, '

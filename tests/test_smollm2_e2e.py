@@ -19,6 +19,8 @@ from abspo.cli import cli_main, main
 from abspo.models import BaseModel, load_base, smollm2_folder
 
 
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M, trained through the CLI (about a minute)
+
 SMALL_TABLE = ["--table.limit", "2", "--table.benign_limit", "1", "--table.max_new_tokens", "16",
                "--table.retention.n", "4"]
 

@@ -101,6 +101,7 @@ def test_tensorboard_has_per_role_and_game_scalars(run):
     assert "games/text_summary" in acc.Tags()["tensors"]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path, run):
     _, straight = run  # 4 optimizer steps in one go
     fit(tmp_path, "--trainer.max_steps", "2")
@@ -113,6 +114,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, run):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run_and_last_names_the_new_one(tmp_path):
     """``--run.overwrite true`` over a finished run: one ``last.ckpt`` (the new run's, not a ``last-v1.ckpt``
     beside the old), fresh curves, a resume with the new run's settings; a file of the user's is kept."""
@@ -133,6 +135,7 @@ def test_overwrite_replaces_the_earlier_run_and_last_names_the_new_one(tmp_path)
     assert resumed.trainer.global_step == 4
 
 
+@pytest.mark.slow
 def test_periodic_exports_fall_on_multiples_of_n_from_the_start_and_after_a_resume(tmp_path, monkeypatch):
     from abspo.callbacks.export import AdapterExport
 
@@ -161,6 +164,7 @@ def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
     assert bar.total_train_batches == 2
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_and_refuses_sampler_logprobs(tmp_path):
     """``trainer.precision: bf16-mixed`` (autocast over the whole step, docs/performance.md) trains; the sampler's
     log-probs, off by bf16 rounding, are refused under it with the key to change."""
