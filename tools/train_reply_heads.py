@@ -33,7 +33,6 @@ Run: ``.venv/bin/python tools/train_reply_heads.py`` (about a minute on two CPU 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
