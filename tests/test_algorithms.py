@@ -314,6 +314,23 @@ def test_objective_adds_k3_only_when_the_kl_is_in_the_loss():
     close(loss, 0.0)
 
 
+def test_the_k3_loss_term_is_a_mean_over_real_tokens_only():
+    """Two completions of 2 and 1 real tokens, right-padded to 4 with values that would dominate any mean that
+    counted them (the RL review's finding (c)). Hand values: k3 = e^(r) - r - 1 with r = ref - logp per token:
+    r = -1, 1 and 0 -> e^-1, e - 2 and 0 -> mean over the 3 real tokens (e^-1 + e - 2) / 3 = 0.3620537."""
+    pad = 9.0
+    logp = torch.tensor([[-1.0, -2.0, pad, pad], [-3.0, pad, pad, pad]])
+    ref = torch.tensor([[-2.0, -1.0, -pad, -pad], [-3.0, -pad, -pad, -pad]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    adv = torch.zeros(2, 4)
+    loss, _ = objective(logp, logp, ref, adv, mask, None, kl_coef=1.0, kl_in_loss=True)
+    close(loss, (math.exp(-1.0) + math.e - 2.0) / 3)
+    wider, _ = objective(*(torch.nn.functional.pad(x, (0, 3), value=pad) for x in (logp, logp)),
+                         torch.nn.functional.pad(ref, (0, 3), value=-pad), torch.zeros(2, 7),
+                         torch.nn.functional.pad(mask, (0, 3)), None, kl_coef=1.0, kl_in_loss=True)
+    close(wider, (math.exp(-1.0) + math.e - 2.0) / 3)  # more padding changes nothing
+
+
 def test_grpo_advantages_stay_on_the_input_device():
     out = grpo_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]))
     assert out.device == torch.tensor([1.0]).device

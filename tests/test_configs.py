@@ -62,6 +62,6 @@ def test_forgetting_demo_overlay_keeps_the_main_job_and_stops_on_a_drop():
 
     (retention,) = [c for c in cli.trainer.callbacks if isinstance(c, ReasoningRetention)]
     assert retention.on_violation == "stop" and retention.every_n_steps == 2
-    assert cli.model.optim_cfg["defender"].lr == pytest.approx(100 * 4e-4)  # 100x the main job's defender
+    assert cli.model.optim_cfg["defender"].lr == pytest.approx(400 * 1e-4)  # 400x the main job's defender
     assert cli.model.optim_cfg["attacker"].lr == pytest.approx(2e-4)  # the main job's attacker
     assert cli.model.algorithm.kl_coef == 0.0 and cli.datamodule.batch_size == 8  # the rest is the main job's
