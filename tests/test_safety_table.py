@@ -120,3 +120,7 @@ def test_a_run_ends_with_the_table_of_base_warm_start_and_trained_defender(start
     cli_main([*args, "--ckpt_path", "last"])
     assert "| HarmBench attack success (judge) |" in capsys.readouterr().out
     assert (tmp_path / "tiny" / "safety_table" / "table.json").stat().st_mtime_ns == written
+    if anchor == "base":  # asked for another protocol, it measures again rather than print the old table
+        cli_main([*args, "--ckpt_path", "last", "--table.limit", "2"])
+        again = json.loads((tmp_path / "tiny" / "safety_table" / "table.json").read_text())
+        assert again["columns"]["base"]["HarmBench attack success (judge)"]["n"] == 2

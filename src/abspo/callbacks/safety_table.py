@@ -70,7 +70,9 @@ class SafetyTable(L.Callback):
         folder = Path(trainer.default_root_dir) / run_folder.SAFETY_TABLE
         step = trainer.global_step
         done = folder / "table.json"
-        if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("step") == step:
+        saved = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else {}
+        # Reused only when written at this step with this protocol: a larger `table.limit` measures again.
+        if saved.get("step") == step and saved.get("protocol") == json.loads(json.dumps(asdict(self.protocol))):
             self.text = (folder / "table.md").read_text(encoding="utf-8")
         else:
             columns, records = {}, []
