@@ -56,14 +56,17 @@ class RolloutBatch:
     roles: list[str]
     """The role that played each row (a shared adapter's batch holds both roles' turns)."""
 
-    def rows(self, rows: list[int], pad_id: int, device) -> tuple[ScoringBatch, torch.Tensor, torch.Tensor]:
-        """Rows ``rows`` as a scoring batch, with their advantages and anchor log-probs cut to its width."""
+    def rows(self, rows: list[int], pad_id: int, device) -> tuple[ScoringBatch, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor | None]:
+        """Rows ``rows`` as a scoring batch, with their advantages, anchor log-probs and old log-probs (None when
+        the rollout has none) cut to its width."""
         batch = build_scoring_batch([self.prompts[i] for i in rows], [self.completions[i] for i in rows], pad_id,
                                     device)
         t = batch.completion_ids.shape[1]
         index = torch.tensor(rows)
         adv, ref = (x[index, :t].to(device) for x in (self.advantages, self.ref_logp))
-        return batch, adv, ref
+        old = None if self.old_logp is None else self.old_logp[index, :t].to(device)
+        return batch, adv, ref, old
 
 
 def policy_loss(cfg: AlgorithmConfig, logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor,
@@ -225,13 +228,12 @@ class PolicyUpdate:
                     logp, _ = completion_logprobs(m.bank.model, self.idle_batch(), temperature=m.game.temperature)
                     m.accumulate_gradient(logp.sum() * 0.0)
                     continue
-                batch, adv, ref = rollout.rows(rows, m.pad_id, m.device)
+                batch, adv, ref, old = rollout.rows(rows, m.pad_id, m.device)
                 logp, entropy = completion_logprobs(m.bank.model, batch, with_entropy=True,
                                                     temperature=m.game.temperature)
                 mask = batch.completion_mask
-                t = batch.completion_ids.shape[1]
-                old = logp.detach() if live_old else rollout.old_logp[torch.tensor(rows), :t].to(m.device)
                 if live_old:
+                    old = logp.detach()
                     if cfg.kl_mode == "reward_k1":
                         adv = adv + alg.kl_penalty_to_go(alg.kl_k1(old, ref), mask, cfg.kl_coef)
                     k3 = (alg.kl_k3(old, ref) * mask).sum(-1).double().cpu()
