@@ -1,5 +1,5 @@
 """The KL to the anchor on a bfloat16 base: its rounding floor with the passes in the model's arithmetic, against
-``kl_precision: float32`` (abspo.precision), and what the float32 passes cost; in one process, calls interleaved.
+``kl_precision: float32`` (abspo.rl.precision), and what the float32 passes cost; in one process, calls interleaved.
 
     python benchmarks/bench_kl_precision.py          # SmolLM2-135M on this CPU (~3 min)
 
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.models import BaseModel, load_base
-from abspo.precision import float32_compute
-from abspo.rollout import completion_logprobs
-from abspo.timing import measured, write_report
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.weights.models import BaseModel, load_base
+from abspo.rl.precision import float32_compute
+from abspo.rl.rollout import completion_logprobs
+from abspo.core.timing import measured, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the package beside it
 from benchmarks.bench_scoring import micro_batch  # noqa: E402

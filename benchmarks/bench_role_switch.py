@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from abspo.bank import INITIAL_SUFFIX, AdapterBank, BankSpec, LoraSpec
-from abspo.models import BaseModel, load_base
-from abspo.timing import measured, write_report
+from abspo.weights.bank import INITIAL_SUFFIX, AdapterBank, BankSpec, LoraSpec
+from abspo.weights.models import BaseModel, load_base
+from abspo.core.timing import measured, write_report
 
 
 def switch_us(context, switches: int) -> float:

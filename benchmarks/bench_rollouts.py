@@ -16,12 +16,12 @@ from other processes hits them alike. The first batch is reported apart (compila
 continuous batching's warm-up); tokens/s is over the later batches, which have other prompt widths, as a run's
 batches do. The CPU cores other processes kept busy meanwhile are printed beside the figures.
 
-* **dynamic, static, static+compile** are abspo's ``model.rollout.hf`` settings (:class:`abspo.rollout.
+* **dynamic, static, static+compile** are abspo's ``model.rollout.hf`` settings (:class:`abspo.rl.rollout.
   DecodingConfig`). Their samples are compared with dynamic's row by row (``same``): a static cache must change no
   token; compiled kernels round differently, which can flip a near-tie.
 * **continuous** is transformers' continuous batching (``generate_batch``, paged attention), as a reference only:
   it draws with its own sampler, not the game's keyed one, so its samples are not comparable and it cannot play
-  the game's turns (a game's sample would depend on the batch and the process; see abspo.rollout).
+  the game's turns (a game's sample would depend on the batch and the process; see abspo.rl.rollout).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import statistics
 import torch
 from transformers import GenerationConfig
 
-from abspo.rollout import DecodingConfig, generate
-from abspo.timing import measured, synchronize, write_report
+from abspo.rl.rollout import DecodingConfig, generate
+from abspo.core.timing import measured, synchronize, write_report
 
 COMPILE_MODE = "reduce-overhead"
 """Transformers' default: CUDA graphs on a GPU; on a CPU inductor skips the graphs and this is its default mode."""
@@ -172,11 +172,11 @@ def perturb_adapters(params) -> None:
 def main_job_module(args):
     """A module with configs/smollm2-cpu.yaml's game, adapters and judge (recomputed old log-probs, which compiled
     decoding needs), its adapters perturbed as after some training."""
-    from abspo.bank import BankSpec, LoraSpec
-    from abspo.game import GameConfig
+    from abspo.weights.bank import BankSpec, LoraSpec
+    from abspo.game.rules import GameConfig
     from abspo.judges import HeuristicJudge
-    from abspo.models import BaseModel
-    from abspo.module import SelfPlayModule
+    from abspo.weights.models import BaseModel
+    from abspo.training.module import SelfPlayModule
 
     game = GameConfig(unrevised_fraction=0.5, attacker_format="plain", temperature=0.7,
                       max_new_tokens_attacker=args.new_tokens, max_new_tokens_defender=args.new_tokens)
@@ -188,10 +188,10 @@ def main_job_module(args):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from abspo.bank import AdapterBank, BankSpec
-    from abspo.data import SeedDataModule
-    from abspo.game import GameConfig, defender_prompt
-    from abspo.models import BaseModel, load_base
+    from abspo.weights.bank import AdapterBank, BankSpec
+    from abspo.game.seeds import SeedDataModule
+    from abspo.game.rules import GameConfig, defender_prompt
+    from abspo.weights.models import BaseModel, load_base
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model.base.name_or_path")

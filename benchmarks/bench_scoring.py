@@ -6,18 +6,18 @@ process, calls interleaved.
 The micro-batch is what the main job's defender update scores: ``--rows`` defender prompts of the seed stream
 (the chat template, system prompt included), each with a completion of ``--new-tokens`` tokens or fewer (lengths
 spread evenly down to a quarter of it, so rows pad), through a LoRA bank (r 8 on every linear layer, perturbed so
-the adapter path does real work). Two paths (``abspo.rollout.completion_logprobs``):
+the adapter path does real work). Two paths (``abspo.rl.rollout.completion_logprobs``):
 
 * **logits**: the model's forward returns the [rows, completion, vocabulary] logits; the log-softmax works through
-  float32 chunks of them (``abspo.logprobs.TokenLogprobs``). The logits and their gradient stay alive.
+  float32 chunks of them (``abspo.rl.logprobs.TokenLogprobs``). The logits and their gradient stay alive.
 * **head**: the LM head computes each chunk's logits from its input and keeps none
-  (``abspo.logprobs.HeadTokenLogprobs``): backward computes the chunk's logits again (one more head matmul),
+  (``abspo.rl.logprobs.HeadTokenLogprobs``): backward computes the chunk's logits again (one more head matmul),
   and padding rows are not scored at all.
 
 Per path and dtype: seconds of a gradient pass (forward, log-probs, backward of a weighted sum) and of a no-grad
 scoring pass (``inference_mode``, as the anchor pass runs), medians over ``--rounds`` rounds after a warm-up round,
 paths interleaved within a round; the CPU cores other processes kept busy meanwhile; and the peak of tensor memory
-that each pass allocates (:func:`abspo.timing.tensor_peak`, measured on a separate call: the profiler slows the
+that each pass allocates (:func:`abspo.core.timing.tensor_peak`, measured on a separate call: the profiler slows the
 pass it watches).
 """
 
@@ -28,12 +28,12 @@ import statistics
 
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.data import SeedDataModule
-from abspo.game import GameConfig, defender_prompt
-from abspo.models import BaseModel, load_base
-from abspo.rollout import build_scoring_batch, completion_logprobs
-from abspo.timing import measured, tensor_peak, write_report
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import GameConfig, defender_prompt
+from abspo.weights.models import BaseModel, load_base
+from abspo.rl.rollout import build_scoring_batch, completion_logprobs
+from abspo.core.timing import measured, tensor_peak, write_report
 
 PATHS = {"logits": False, "head": True}
 

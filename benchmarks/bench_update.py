@@ -12,10 +12,10 @@ accumulation), abspo in micro-batches of the same size.
 
 Steps alternate: TRL's step k, then (inside TRL's ``on_step_end`` callback) abspo's step k, so that load from other
 processes hits both alike; the first step of each is a warm-up and is not counted. Each phase is timed (abspo: its
-own :class:`abspo.timing.PhaseClock`; TRL: its methods wrapped), with the CPU cores other processes kept busy.
+own :class:`abspo.core.timing.PhaseClock`; TRL: its methods wrapped), with the CPU cores other processes kept busy.
 Printed: medians per phase, completion tokens trained per second and the ratio abspo / TRL, rollout seconds per
 decoding step against a bare ``generate`` of the same batch, and (``--memory``, separate processes) the peak memory
-of two whole ABS steps per ``model.mode``: of tensors (:func:`abspo.timing.tensor_peak`, what a GPU's peak memory
+of two whole ABS steps per ``model.mode``: of tensors (:func:`abspo.core.timing.tensor_peak`, what a GPU's peak memory
 means) and of the process (RSS). Everything also goes to ``--json``: ``--memory-only`` updates its memory part,
 ``--no-memory`` the rest.
 """
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from abspo.bank import BankSpec, LoraSpec
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.data import SeedDataModule
-from abspo.game import Exchange, GameConfig, defender_prompt, read_defender_turn
-from abspo.models import BaseModel, load_base
-from abspo.module import SelfPlayModule
-from abspo.rollout import sampling_config
-from abspo.timing import measured, tensor_peak, write_report
+from abspo.weights.bank import BankSpec, LoraSpec
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import Exchange, GameConfig, defender_prompt, read_defender_turn
+from abspo.weights.models import BaseModel, load_base
+from abspo.training.module import SelfPlayModule
+from abspo.rl.rollout import sampling_config
+from abspo.core.timing import measured, tensor_peak, write_report
 
 LR = 1e-4
 PHASES = ("rollout", "judge", "no_grad_passes", "gradient_pass", "optimizer")

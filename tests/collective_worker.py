@@ -1,5 +1,5 @@
-"""Workers for :mod:`abspo.distributed`'s own tests, spawned 2 at a time (``torch.multiprocessing.spawn``): they
-import torch and :mod:`abspo.distributed` only, so a process starts in a second."""
+"""Workers for :mod:`abspo.weights.distributed`'s own tests, spawned 2 at a time (``torch.multiprocessing.spawn``): they
+import torch and :mod:`abspo.weights.distributed` only, so a process starts in a second."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime
 
 import torch
 
-from abspo.distributed import Collective
+from abspo.weights.distributed import Collective
 
 
 def finish() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.models import BaseModel, load_base
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.weights.models import BaseModel, load_base
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")
 
@@ -27,7 +27,7 @@ def judge():
 @pytest.fixture(scope="session")
 def seeds():
     """The default seed stream (the data kit's seeds, 8 per batch)."""
-    from abspo.data import SeedDataModule
+    from abspo.game.seeds import SeedDataModule
 
     data = SeedDataModule(batch_size=8)
     data.setup()

@@ -2,7 +2,7 @@
 
 ``ddp``: every process holds the whole model and plays its share of the seeds, then updates through
 ``SelfPlayModule.learn`` with the default process group, exactly as ``training_step`` does under DDP.
-``fsdp2``: the same with the bank sharded (``abspo.sharding.shard_bank``), so generation, scoring and the
+``fsdp2``: the same with the bank sharded (``abspo.weights.sharding.shard_bank``), so generation, scoring and the
 gradient pass run FSDP2's collectives, and micro-batches capped in tokens (``FSDP2_MICRO_BATCH_TOKENS``), so that
 the processes cut their rows into different numbers of micro-batches and the one with fewer must run empty
 ones as long as the other runs (the update is the same as uncapped: the cut changes no gradient); then one more
@@ -23,16 +23,16 @@ import sys
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from abspo.config import OptimizerConfig
-from abspo.data import Seed
-from abspo.distributed import Collective
-from abspo.game import GameConfig
+from abspo.core.config import OptimizerConfig
+from abspo.game.seeds import Seed
+from abspo.weights.distributed import Collective
+from abspo.game.rules import GameConfig
 from abspo.judges import HeuristicJudge
-from abspo.lockstep import Lockstep
-from abspo.models import BaseModel
-from abspo.module import SelfPlayModule
-from abspo.rollout import generate
-from abspo.sharding import full_tensor, shard_bank
+from abspo.training.lockstep import Lockstep
+from abspo.weights.models import BaseModel
+from abspo.training.module import SelfPlayModule
+from abspo.rl.rollout import generate
+from abspo.weights.sharding import full_tensor, shard_bank
 from tests.collective_worker import finish
 
 TINY = BaseModel(name_or_path="tiny-qwen2", dtype="float32")

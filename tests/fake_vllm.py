@@ -14,8 +14,8 @@ from types import SimpleNamespace
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from abspo.models import BaseModel, load_base
-from abspo.rollout import generate
+from abspo.weights.models import BaseModel, load_base
+from abspo.rl.rollout import generate
 
 
 class FakeLLM:

@@ -48,17 +48,17 @@ def main() -> None:
     point, n, sep, *argv = sys.argv[1:]
     assert sep == "--", "usage: python -m tests.fault_worker KILL_POINT N -- <abspo arguments>"
     n = int(n)
-    import abspo.checkpoint_io
-    import abspo.play
-    import abspo.update
+    import abspo.training.checkpoint_io
+    import abspo.training.play
+    import abspo.training.update
     from abspo.cli import main as abspo_main
 
     if point == "rollout":
-        _kill_on_call(abspo.play, "generate", n)
+        _kill_on_call(abspo.training.play, "generate", n)
     elif point == "update":
-        _kill_on_call(abspo.update.PolicyUpdate, "gradient_pass", n)
+        _kill_on_call(abspo.training.update.PolicyUpdate, "gradient_pass", n)
     elif point == "save":
-        _kill_on_call(abspo.checkpoint_io.torch, "save", n, before=_half_write)
+        _kill_on_call(abspo.training.checkpoint_io.torch, "save", n, before=_half_write)
     elif point != "none":
         raise SystemExit(f"unknown kill point {point!r}")
     abspo_main(argv)

@@ -9,9 +9,9 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.cli import cli_main, main
-from abspo.models import load_base
+from abspo.weights.models import load_base
 from tests.conftest import TINY, perturb, tiny_bank
 
 SMALL = ["--eval.limit", "2", "--eval.templates", "1", "--eval.behaviours", "2", "--eval.max_new_tokens", "8"]

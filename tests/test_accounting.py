@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from abspo.accounting import lora_rows
-from abspo.models import QWEN25_ARCHITECTURES
+from abspo.weights.accounting import lora_rows
+from abspo.weights.models import QWEN25_ARCHITECTURES
 
 MODEL = "Qwen/Qwen2.5-3B-Instruct"
 

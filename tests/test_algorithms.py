@@ -1,4 +1,4 @@
-"""Golden-value tests of the pure RL math in abspo.algorithms.
+"""Golden-value tests of the pure RL math in abspo.rl.algorithms.
 
 Every expected number below is worked out by hand in the comment next to it; none is produced by calling the
 function under test a second time.
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from abspo.algorithms import (
+from abspo.rl.algorithms import (
     advantages,
     objective,
     grpo_advantages,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.errors import ConfigError
-from abspo.models import load_base
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.core.errors import ConfigError
+from abspo.weights.models import load_base
 from tests.conftest import TINY, perturb, tiny_bank
 
 IDS = torch.tensor([[5, 17, 256, 1024, 7, 99]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from abspo.rollout import DecodingConfig
+from abspo.rl.rollout import DecodingConfig
 from benchmarks.bench_rollouts import decoding_figures
 from tests.conftest import perturb, tiny_bank
 
@@ -29,8 +29,8 @@ def test_decoding_figures_time_every_option_and_compare_their_samples():
 
 
 def test_game_figures_play_whole_games_per_option_and_compare_them(judge, seeds):
-    from abspo.game import GameConfig
-    from abspo.module import SelfPlayModule
+    from abspo.game.rules import GameConfig
+    from abspo.training.module import SelfPlayModule
     from benchmarks.bench_rollouts import game_figures
     from tests.conftest import TINY
 

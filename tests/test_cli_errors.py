@@ -101,7 +101,7 @@ def test_resume_with_another_rank_is_refused(capsys, finished_run):
 
 def test_resume_with_another_base_is_refused(capsys, finished_run, tmp_path):
     # another base = a real HF folder of the same architecture saved under another name
-    from abspo.models import BaseModel, load_base
+    from abspo.weights.models import BaseModel, load_base
 
     model, tok = load_base(BaseModel("tiny-qwen2", dtype="float32", seed=1))
     model.save_pretrained(tmp_path / "other")
@@ -352,7 +352,7 @@ def test_a_damaged_adapter_config_is_named_by_safety_report(capsys, finished_run
 
 
 def test_the_tools_name_a_missing_config_or_run_folder_in_one_line(capsys, tmp_path):
-    from abspo.errors import one_line_errors
+    from abspo.core.errors import one_line_errors
     from abspo.evaluation.curves import read_scalars
     from tools.param_count import count
 

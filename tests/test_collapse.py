@@ -11,10 +11,10 @@ import torch
 
 from abspo.callbacks.collapse import CollapseDiagnostics, cosine, probe_tensor
 from abspo.cli import cli_main
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.diversity import bleu, mean_pairwise_cosine, paired_cosine, self_bleu, tokens
-from abspo.game import Exchange, GameConfig
-from abspo.module import SelfPlayModule
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.rl.diversity import bleu, mean_pairwise_cosine, paired_cosine, self_bleu, tokens
+from abspo.game.rules import Exchange, GameConfig
+from abspo.training.module import SelfPlayModule
 from tests.conftest import TINY
 
 GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig, default_optimizers
-from abspo.errors import ConfigError
+from abspo.core.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig, default_optimizers
+from abspo.core.errors import ConfigError
 
 KEY = "model.optimizers.attacker"
 

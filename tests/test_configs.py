@@ -8,7 +8,7 @@ import pytest
 
 from abspo.cli import cli_main
 from abspo.judges import WildGuardJudge
-from abspo.models import QWEN25_ARCHITECTURES
+from abspo.weights.models import QWEN25_ARCHITECTURES
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 OVERLAYS = {"forgetting-demo.yaml": "configs/smollm2-cpu.yaml", "smollm2-learn.yaml": "configs/smollm2-cpu.yaml"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from abspo.data import Seed, SeedDataModule, SeedStream, read_seed_file
-from abspo.errors import ConfigError
+from abspo.game.seeds import Seed, SeedDataModule, SeedStream, read_seed_file
+from abspo.core.errors import ConfigError
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -107,7 +107,7 @@ def test_datamodule_names_the_index_of_the_bad_file(tmp_path):
 
 
 def test_the_harmful_count_rounds_half_up_and_a_share_that_rounds_away_is_refused(tmp_path):
-    from abspo.data import harmful_per_batch
+    from abspo.game.seeds import harmful_per_batch
 
     assert [harmful_per_batch(b, f) for b, f in ((6, 0.25), (10, 0.25), (8, 0.5), (3, 0.5), (5, 0.5))] == [2, 3, 4, 2, 3]
     h, b = seed_files(tmp_path)

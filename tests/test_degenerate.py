@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from abspo.degenerate import degenerate_reason, distinct_window_share, repetition_loop
+from abspo.rl.degenerate import degenerate_reason, distinct_window_share, repetition_loop
 from abspo.evaluation.safety import Item, evaluate_safety, render_markdown
 from tests.test_safety_report import MarkerJudge
 

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from abspo.cli import cli_main, main
-from abspo.distributed import Collective
-from abspo.models import load_base
+from abspo.weights.distributed import Collective
+from abspo.weights.models import load_base
 from tests import collective_worker
 from tests import distributed_worker as worker
 from tests.conftest import TINY
@@ -71,8 +71,8 @@ def test_shards_cover_the_batch_once_and_interleave():
 def test_attacker_turns_are_spread_over_processes():
     """The unrevised seeds are the first of each label; interleaved shares give every process its part of the
     attacker's turns (contiguous ones gave this batch's 64 revised seeds as [0, 0, 0, 0, 16, 16, 16, 16])."""
-    from abspo.data import Seed
-    from abspo.play import unrevised_seeds
+    from abspo.game.seeds import Seed
+    from abspo.training.play import unrevised_seeds
 
     seeds = [Seed(str(i), i % 3 == 0) for i in range(128)]
     unrevised = unrevised_seeds(seeds, 0.5)
@@ -204,7 +204,7 @@ def test_fsdp2_run_loaded_by_shards_stopped_and_resumed_equals_one_process(tmp_p
     assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
     # One process reads the final sharded checkpoint whole (what `abspo test --ckpt_path last` evaluates): the
     # adapters it holds are the ones the run exported.
-    from abspo.checkpoint_io import read_sharded_checkpoint
+    from abspo.training.checkpoint_io import read_sharded_checkpoint
 
     state = read_sharded_checkpoint(folder)["state_dict"]
     for key, value in exported(tmp_path, "run").items():
@@ -217,7 +217,7 @@ def test_fsdp2_warm_started_and_anchored_to_its_start_equals_one_process(tmp_pat
     """A defender started from an adapter (init_from) and anchored to it (a frozen adapter in the bank), sharded on
     2 processes with the base built on the meta device: each process fills its shards of the trainable adapter and
     of the frozen copy from the starting adapter, and the run equals one process's."""
-    from abspo.bank import AdapterBank, BankSpec, LoraSpec
+    from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
     from tests.conftest import perturb
 
     bank = AdapterBank(load_base(TINY)[0], BankSpec(adapters={r: LoraSpec(r=4, alpha=8) for r in ("attacker", "defender")}))

@@ -9,10 +9,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from abspo.data import SeedDataModule
-from abspo.game import GameConfig
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import GameConfig
 from abspo.judges import HeuristicJudge
-from abspo.module import SelfPlayModule
+from abspo.training.module import SelfPlayModule
 from tests.conftest import TINY
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

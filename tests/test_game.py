@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from abspo.game import (
+from abspo.game.rules import (
     ATTACKER_BENIGN,
     ATTACKER_HARMFUL,
     REASONING_SUFFIX,
@@ -201,7 +201,7 @@ def test_defender_message_reasoning_suffix_only_when_asked():
 
 
 def test_turn_readers_shared_by_training_and_evaluation():
-    from abspo.game import GameConfig, read_attacker_turn, read_defender_turn
+    from abspo.game.rules import GameConfig, read_attacker_turn, read_defender_turn
 
     cfg = GameConfig()  # think_answer: attacker prefill "<think>"
     output, parsed = read_attacker_turn(cfg, "plan</think><answer>rewrite</answer>")

@@ -14,15 +14,15 @@ import pytest
 import torch
 from peft import PeftModel
 
-from abspo.bank import INITIAL_SUFFIX, AdapterBank, BankSpec, LoraSpec
+from abspo.weights.bank import INITIAL_SUFFIX, AdapterBank, BankSpec, LoraSpec
 from abspo.cli import cli_main, main
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.errors import ConfigError
-from abspo.game import Exchange, GameConfig
-from abspo.models import load_base
-from abspo.module import SelfPlayModule
-from abspo.rollout import build_scoring_batch, generate
-from abspo.update import role_samples
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.core.errors import ConfigError
+from abspo.game.rules import Exchange, GameConfig
+from abspo.weights.models import load_base
+from abspo.training.module import SelfPlayModule
+from abspo.rl.rollout import build_scoring_batch, generate
+from abspo.training.update import role_samples
 from tests.conftest import TINY, perturb
 
 R, ALPHA = 4, 8  # configs/tiny.yaml's LoRA spec

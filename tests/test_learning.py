@@ -17,11 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.bank import BankSpec, LoraSpec
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.game import Exchange, GameConfig
-from abspo.module import SelfPlayModule
-from abspo.rollout import build_scoring_batch, generate
+from abspo.weights.bank import BankSpec, LoraSpec
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.game.rules import Exchange, GameConfig
+from abspo.training.module import SelfPlayModule
+from abspo.rl.rollout import build_scoring_batch, generate
 from tests.conftest import TINY
 
 PROMPTS = [f"Question {i}: what is {i * 7} plus {i}?" + " Think." * (i % 3) for i in range(8)]  # varied lengths

@@ -1,4 +1,4 @@
-"""The chunked token log-probs (abspo.logprobs) against the plain formula, in value, entropy and gradient, from
+"""The chunked token log-probs (abspo.rl.logprobs) against the plain formula, in value, entropy and gradient, from
 logits and from the LM head's input, whatever the chunking, dtype, temperature and shape."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo import logprobs
+from abspo.rl import logprobs
 
 
 def plain(logits: torch.Tensor, tokens: torch.Tensor, temperature: float):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from abspo.micro_batches import micro_batches, padded_tokens
+from abspo.rl.micro_batches import micro_batches, padded_tokens
 
 
 def test_padded_tokens_by_hand():

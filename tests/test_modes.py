@@ -16,12 +16,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from abspo.bank import BankSpec, LoraSpec
+from abspo.weights.bank import BankSpec, LoraSpec
 from abspo.cli import cli_main, main
-from abspo.config import OptimizerConfig, default_optimizers
-from abspo.errors import ConfigError
-from abspo.models import load_base
-from abspo.modes import resolve_mode
+from abspo.core.config import OptimizerConfig, default_optimizers
+from abspo.core.errors import ConfigError
+from abspo.weights.models import load_base
+from abspo.weights.modes import resolve_mode
 from tests.conftest import TINY
 
 IDS = torch.tensor([[5, 17, 256, 1024, 7, 99], [3, 3, 8, 1500, 2, 11]])
@@ -190,9 +190,9 @@ def test_max_batches_is_one_game_budget_in_every_mode_and_the_end_is_checkpointe
 def test_every_mode_starts_exactly_at_its_anchor(dtype):
     """At step 0 each role computes what the anchor computes, to the bit, whatever the base dtype: a bf16
     reference beside a float32 policy would put shared_full ~1e-3 nats per token off its anchor from the start."""
-    from abspo.bank import AdapterBank
-    from abspo.full_policy import FullPolicy
-    from abspo.models import BaseModel
+    from abspo.weights.bank import AdapterBank
+    from abspo.weights.full_policy import FullPolicy
+    from abspo.weights.models import BaseModel
 
     shared = BankSpec(adapters={"shared": LoraSpec()}, roles={"attacker": "shared", "defender": "shared"})
     for mode in ("bipolicy", "shared_lora", "shared_full"):

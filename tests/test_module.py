@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.bank import ROLES, BankSpec, LoraSpec
-from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
-from abspo.game import GameConfig
-from abspo.module import SelfPlayModule
-from abspo.play import game_metrics
+from abspo.weights.bank import ROLES, BankSpec, LoraSpec
+from abspo.core.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
+from abspo.game.rules import GameConfig
+from abspo.training.module import SelfPlayModule
+from abspo.training.play import game_metrics
 from tests.conftest import TINY
 
 GAME = GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8)
@@ -60,9 +60,9 @@ def test_play_fills_every_exchange(judge, seeds):
 def test_a_forfeit_is_not_counted_as_unlabelled():
     """A forfeited game is never judged (its attacker is paid the table's minimum): the unlabelled rate is of the
     exchanges sent to the judge, as the unlabelled guard counts them."""
-    from abspo.game import Exchange
+    from abspo.game.rules import Exchange
     from abspo.judges.base import Verdict
-    from abspo.play import judge_counts
+    from abspo.training.play import judge_counts
 
     def game(verdict, played=True, **kw):
         e = Exchange(seed="s", seed_harmful=True, revised=True, group=0, verdict=verdict, **kw)
@@ -148,8 +148,8 @@ def test_kl_to_the_anchor_grows_from_zero(judge, seeds):
 
 
 def test_unrevised_share_is_taken_from_harmful_and_benign_seeds_alike():
-    from abspo.data import Seed
-    from abspo.play import unrevised_seeds
+    from abspo.game.seeds import Seed
+    from abspo.training.play import unrevised_seeds
 
     seeds = [Seed("h1", True), Seed("b1", False), Seed("h2", True), Seed("h3", True), Seed("b2", False), Seed("h4", True)]
     assert unrevised_seeds(seeds, 0.5) == {0, 2, 1}  # 2 of 4 harmful (h1, h2), 1 of 2 benign (b1)
@@ -169,7 +169,7 @@ def test_optimizer_steps_per_batch_matches_the_schedule(judge):
 # -- the update path's fixes, each with the bug it guards against -----------------------------------------------
 def scored_exchanges(module: SelfPlayModule, lengths: dict[str, list[int]], rewards: list[float]) -> list:
     """Exchanges with hand-made turns of the given completion lengths per role (no generation, no judge)."""
-    from abspo.game import Exchange
+    from abspo.game.rules import Exchange
 
     g = torch.Generator().manual_seed(0)
     out = []
@@ -277,7 +277,7 @@ def test_gradient_pass_keeps_the_base_in_eval_mode(judge):
 
 
 def test_schedule_first_sets_the_update_order_in_alternate_mode(judge):
-    from abspo.config import ScheduleConfig
+    from abspo.core.config import ScheduleConfig
 
     for first in ("attacker", "defender"):
         module = make(judge, schedule=ScheduleConfig(first=first))
@@ -307,15 +307,15 @@ def test_accumulated_gradients_survive_a_checkpoint(judge):
 @pytest.mark.parametrize("game, key", [(GameConfig(temperature=0.0), "model.game.temperature"),
                                        (GameConfig(top_p=0.9), "model.game.top_p")])
 def test_samplers_the_update_cannot_score_are_refused(judge, game, key):
-    from abspo.errors import ConfigError
+    from abspo.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         SelfPlayModule(base=TINY, judge=judge, game=game)
 
 
 def test_phases_must_hold_whole_accumulation_cycles(judge):
-    from abspo.config import ScheduleConfig
-    from abspo.errors import ConfigError
+    from abspo.core.config import ScheduleConfig
+    from abspo.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="phase_steps"):
         make(judge, schedule=ScheduleConfig(mode="phases", phase_steps=3), algorithm=AlgorithmConfig(accumulate_batches=2))
@@ -424,8 +424,8 @@ def test_sampler_logprobs_stand_in_for_a_recompute_in_float32(judge, seeds):
 
 
 def test_sampler_logprobs_are_refused_where_they_would_be_wrong(judge):
-    from abspo.errors import ConfigError
-    from abspo.models import BaseModel
+    from abspo.core.errors import ConfigError
+    from abspo.weights.models import BaseModel
 
     with pytest.raises(ConfigError, match="model.algorithm.old_logprobs"):  # the PPO ratio needs the exact ones
         make(judge, algorithm=AlgorithmConfig(old_logprobs="sampler", update_epochs=2))
@@ -457,13 +457,13 @@ def test_a_prompt_longer_than_the_context_is_cut_and_counted_or_refused(judge, s
     start and the generation prompt kept, counted) and stops the run with overlong_prompts: error."""
     import logging
 
-    from abspo.data import Seed
-    from abspo.errors import ConfigError
+    from abspo.game.seeds import Seed
+    from abspo.core.errors import ConfigError
 
     long_seed = Seed(prompt="Tell me " + "very " * 3000 + "much about bridges.", harmful=False)
     batch = [long_seed, *seeds.batch(0).seeds[1:4]]
     module = make(judge, game=GameConfig(max_new_tokens_attacker=8, max_new_tokens_defender=8, unrevised_fraction=1.0))
-    with caplog.at_level(logging.WARNING, logger="abspo.module"):
+    with caplog.at_level(logging.WARNING, logger="abspo.training.module"):
         exchanges = module.play(batch)
     assert module.sampler.truncated == 1 and "1 defender prompts were cut" in caplog.text
     prompt_ids, completion = exchanges[0].turns["defender"]
@@ -477,8 +477,8 @@ def test_a_prompt_longer_than_the_context_is_cut_and_counted_or_refused(judge, s
 
 def test_a_tokenizer_without_a_chat_template_is_named(judge, tmp_path):
     """A base (non-chat) model's folder: one ConfigError naming the key and the fallback, unless it is asked for."""
-    from abspo.errors import ConfigError
-    from abspo.models import BaseModel, load_base
+    from abspo.core.errors import ConfigError
+    from abspo.weights.models import BaseModel, load_base
 
     model, tokenizer = load_base(TINY)
     model.save_pretrained(tmp_path)
@@ -494,7 +494,7 @@ def test_a_tokenizer_without_a_chat_template_is_named(judge, tmp_path):
 
 
 def defender_prompt_text(module, prompt: str) -> str:
-    from abspo.game import defender_prompt
+    from abspo.game.rules import defender_prompt
 
     return defender_prompt(module.tokenizer, module.game, prompt)
 
@@ -505,8 +505,8 @@ def test_static_cache_and_compiled_decoding_play_the_games_of_plain_decoding(jud
     (aot_eager: dynamo's graphs and guards) gives every attacker and defender turn of plain decoding."""
     from torch._dynamo.utils import counters
 
-    from abspo.rollout import DecodingConfig
-    from abspo.vllm_rollouts import RolloutConfig
+    from abspo.rl.rollout import DecodingConfig
+    from abspo.training.vllm_rollouts import RolloutConfig
     from tests.conftest import perturb
 
     torch._dynamo.reset()
@@ -527,10 +527,10 @@ def test_fsdp2_refuses_a_static_cache(judge):
     """Lockstep generation (synced_gpus) with a static cache is untested: refused at setup, before any step."""
     from lightning.pytorch import Trainer
 
-    from abspo.errors import ConfigError
-    from abspo.rollout import DecodingConfig
+    from abspo.core.errors import ConfigError
+    from abspo.rl.rollout import DecodingConfig
     from abspo.strategies import FSDP2Strategy
-    from abspo.vllm_rollouts import RolloutConfig
+    from abspo.training.vllm_rollouts import RolloutConfig
 
     module = make(judge, rollout=RolloutConfig(hf=DecodingConfig(cache="static")))
     module.trainer = Trainer(accelerator="cpu", devices=1, strategy=FSDP2Strategy(), logger=False,

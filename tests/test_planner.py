@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.cli import main
-from abspo.models import QWEN25_ARCHITECTURES, load_base, meta_model
-from abspo.planner import Architecture, PlanInputs, architecture, inputs_from_config, plan_memory, targets_head
+from abspo.weights.models import QWEN25_ARCHITECTURES, load_base, meta_model
+from abspo.training.planner import Architecture, PlanInputs, architecture, inputs_from_config, plan_memory, targets_head
 from tests.conftest import TINY
 
 TOY = Architecture(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, vocab=100, tied_embeddings=True)
@@ -162,7 +162,7 @@ def saved_bytes_per_token_layer(dtype, r: int) -> float:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from abspo.rollout import build_scoring_batch, completion_logprobs
+    from abspo.rl.rollout import build_scoring_batch, completion_logprobs
 
     def saved(layers: int) -> int:
         torch.manual_seed(0)
@@ -193,7 +193,7 @@ def test_activation_bytes_equal_what_autograd_keeps(dtype_name, bytes_):
     float32 LoRA casts every LoRA input to float32; a float32 base shares them)."""
     import torch
 
-    from abspo.planner import activation_bytes_per_token_layer
+    from abspo.training.planner import activation_bytes_per_token_layer
 
     arch = Architecture(layers=1, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=100, tied_embeddings=False)
     measured = saved_bytes_per_token_layer(getattr(torch, dtype_name), r=4)
@@ -209,8 +209,8 @@ def test_the_completion_logits_term_bounds_the_measured_peak_of_scoring(head):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from abspo.rollout import build_scoring_batch, completion_logprobs
-    from abspo.timing import tensor_peak
+    from abspo.rl.rollout import build_scoring_batch, completion_logprobs
+    from abspo.core.timing import tensor_peak
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -250,7 +250,7 @@ def test_a_device_plays_whole_grpo_groups():
 
 
 def test_devices_as_a_list_count_and_auto_asks_for_a_number(tmp_path):
-    from abspo.errors import ConfigError
+    from abspo.core.errors import ConfigError
 
     config = tmp_path / "c.yaml"
     config.write_text("trainer:\n  devices: [0, 1, 2]\n  num_nodes: 2\n")

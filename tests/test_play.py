@@ -1,4 +1,4 @@
-"""abspo.play: each role's turns are sampled with that role's adapter and its own key, and stored as that role's.
+"""abspo.training.play: each role's turns are sampled with that role's adapter and its own key, and stored as that role's.
 
 The learning tests build their own games, so a play loop that handed the attacker's turns to the defender (or
 sampled them through the other adapter) would pass them (the RL review's finding (d)). Keyed sampling makes a turn
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from abspo.config import OptimizerConfig
-from abspo.game import GameConfig, attacker_prompt, defender_prompt
-from abspo.module import SelfPlayModule
-from abspo.play import sampling_key
-from abspo.rollout import generate
+from abspo.core.config import OptimizerConfig
+from abspo.game.rules import GameConfig, attacker_prompt, defender_prompt
+from abspo.training.module import SelfPlayModule
+from abspo.training.play import sampling_key
+from abspo.rl.rollout import generate
 from tests.conftest import TINY, perturb
 
 GAME = GameConfig(max_new_tokens_attacker=7, max_new_tokens_defender=11)

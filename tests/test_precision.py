@@ -1,4 +1,4 @@
-"""Float32 arithmetic on a 16-bit model (abspo.precision): it scores exactly as the float32 model with the same
+"""Float32 arithmetic on a 16-bit model (abspo.rl.precision): it scores exactly as the float32 model with the same
 weight values, it takes the rounding floor out of the KL between a role and the anchor, and the update's KL passes
 use it when ``kl_precision: float32`` asks."""
 
@@ -9,11 +9,11 @@ import copy
 import pytest
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.config import AlgorithmConfig
-from abspo.errors import ConfigError
-from abspo.precision import Float32Compute, float32_compute
-from abspo.rollout import build_scoring_batch, completion_logprobs
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.core.config import AlgorithmConfig
+from abspo.core.errors import ConfigError
+from abspo.rl.precision import Float32Compute, float32_compute
+from abspo.rl.rollout import build_scoring_batch, completion_logprobs
 from tests.conftest import perturb
 
 
@@ -111,8 +111,8 @@ def test_the_updates_kl_passes_compute_in_float32_when_asked(judge):
     """``kl_precision: float32`` on a bfloat16 base: both no-gradient passes (the role's and the anchor's) read what a
     float32 base with the same weight values reads, and GRPO then recomputes the role's pass (its gradient pass, in
     bfloat16, would otherwise stand in for it)."""
-    from abspo.models import BaseModel
-    from abspo.module import SelfPlayModule
+    from abspo.weights.models import BaseModel
+    from abspo.training.module import SelfPlayModule
 
     def module(dtype: str, precision: str) -> SelfPlayModule:
         torch.manual_seed(0)

@@ -155,9 +155,9 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_with_the_weights_from_
     """From the 3rd update on (batch 1, attacker first) every loss is NaN: each is skipped (weights and optimizer
     state untouched, <role>/skipped_nonfinite logged); the 2nd bad update in a row of one adapter stops the run,
     and last.ckpt holds the adapters from before the first bad update."""
-    from abspo import algorithms
-    from abspo.errors import TrainingStopped
-    from abspo.update import PolicyUpdate
+    from abspo.rl import algorithms
+    from abspo.core.errors import TrainingStopped
+    from abspo.training.update import PolicyUpdate
 
     calls, before, seen = [0], {}, []  # objective calls (one per update here), adapters before the first NaN
     objective = algorithms.objective
@@ -190,7 +190,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_with_the_weights_from_
 
 
 def test_a_judge_that_labels_nothing_skips_the_update_and_a_window_of_it_stops_the_run(tmp_path):
-    from abspo.errors import TrainingStopped
+    from abspo.core.errors import TrainingStopped
 
     judge = "{class_path: tests.test_reliability.Abstaining}"
     with pytest.raises(TrainingStopped, match=r"unlabelled \(100% > model.guards.max_unlabelled_share 80%\)"):
@@ -220,7 +220,7 @@ class StopServer(Callback):
 def test_a_remote_judge_whose_server_dies_mid_run_is_counted_unlabelled_and_stops_the_run(tmp_path):
     from tests.judges.test_remote import Server, wildguard_ok
 
-    from abspo.errors import TrainingStopped
+    from abspo.core.errors import TrainingStopped
 
     def answers_until_dead(n: int, body: dict):
         if server.url in DEAD:
@@ -247,7 +247,7 @@ def test_a_remote_judge_whose_server_dies_mid_run_is_counted_unlabelled_and_stop
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     import errno
 
-    import abspo.checkpoint_io
+    import abspo.training.checkpoint_io
     from abspo.cli import main
 
     save, calls = torch.save, [0]
@@ -259,13 +259,13 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device")
         return save(obj, fh, *args, **kwargs)
 
-    monkeypatch.setattr(abspo.checkpoint_io.torch, "save", disk_full_on_the_second_save)
+    monkeypatch.setattr(abspo.training.checkpoint_io.torch, "save", disk_full_on_the_second_save)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "configs/tiny.yaml", "--run.output_root", str(tmp_path), "--run.max_batches", "3"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("abspo: error: ") and "last.ckpt: no space left" in err[-1]
     assert "Traceback" not in "\n".join(err)
-    monkeypatch.setattr(abspo.checkpoint_io.torch, "save", save)
+    monkeypatch.setattr(abspo.training.checkpoint_io.torch, "save", save)
     assert last_checkpoint(tmp_path)["global_step"] == 2, "the first batch's checkpoint, whole"
     assert not list((tmp_path / "tiny" / "checkpoints").glob(".*.tmp"))

@@ -20,14 +20,14 @@ import pytest
 import torch
 
 from abspo.callbacks.retention import STOP_CHECKPOINT, ReasoningRetention, RetentionWarning
-from abspo.config import OptimizerConfig
-from abspo.data import SeedDataModule
-from abspo.errors import ConfigError
+from abspo.core.config import OptimizerConfig
+from abspo.game.seeds import SeedDataModule
+from abspo.core.errors import ConfigError
 from abspo.evaluation.tasks import (ChoiceItem, ExactMatchTask, Outcome, QAItem, Task, TaskSpec, arithmetic_items,
                                     build_task, evaluate)
-from abspo.game import GameConfig, chat_prompt
-from abspo.models import load_base
-from abspo.module import SelfPlayModule
+from abspo.game.rules import GameConfig, chat_prompt
+from abspo.weights.models import load_base
+from abspo.training.module import SelfPlayModule
 from tests.conftest import TINY, perturb
 
 QUESTIONS = [
@@ -140,7 +140,7 @@ def test_metrics_reach_the_logger_only_at_the_batches_that_measured_them(tmp_pat
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from abspo.config import ScheduleConfig
+    from abspo.core.config import ScheduleConfig
 
     retention = ReasoningRetention(TaskSpec("multiple_choice", str(mc_file)), every_n_steps=3, max_drop=1.0)
     logger = CSVLogger(tmp_path, name="csv", version="")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from abspo.errors import ConfigError
-from abspo.game import Exchange
+from abspo.core.errors import ConfigError
+from abspo.game.rules import Exchange
 from abspo.judges.base import Verdict
-from abspo.rewards import (DEFAULT_TABLE, GENERAL_SUM, GENERAL_SUM_GUARDED, ZERO_SUM, forfeit_reward, resolve_table,
+from abspo.game.rewards import (DEFAULT_TABLE, GENERAL_SUM, GENERAL_SUM_GUARDED, ZERO_SUM, forfeit_reward, resolve_table,
                             role_reward, score_exchanges)
 
 T, F = True, False

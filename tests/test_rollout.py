@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.rollout import KeyedGumbelSampler, build_scoring_batch, completion_logprobs, generate, hash32, keyed_uniform
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.rl.rollout import KeyedGumbelSampler, build_scoring_batch, completion_logprobs, generate, hash32, keyed_uniform
 from tests.conftest import perturb
 
 PROMPTS = ["Hello there, how", "A much longer prompt about the weather today and tomorrow", "Hi"]
@@ -133,7 +133,7 @@ def _role_generations(bank, tok, decoding, roles, new_tokens=7):
 
 @pytest.mark.parametrize("new_tokens", [3, 9])
 def test_static_cache_samples_the_tokens_of_the_dynamic_cache_for_every_role(new_tokens):
-    from abspo.rollout import DecodingConfig, sampling_config
+    from abspo.rl.rollout import DecodingConfig, sampling_config
     from tests.conftest import perturb, tiny_bank
 
     bank, tok = tiny_bank()
@@ -158,7 +158,7 @@ def test_compiled_decoding_keeps_role_switches_and_in_place_updates_exact():
     without code generation, which is what decides the routing (inductor's numerics: benchmarks/bench_rollouts.py)."""
     from torch._dynamo.utils import counters
 
-    from abspo.rollout import DecodingConfig
+    from abspo.rl.rollout import DecodingConfig
     from tests.conftest import perturb, tiny_bank
 
     torch._dynamo.reset()
@@ -180,8 +180,8 @@ def test_compiled_decoding_keeps_role_switches_and_in_place_updates_exact():
 
 
 def test_compiled_decoding_needs_a_static_cache_and_a_known_backend():
-    from abspo.errors import ConfigError
-    from abspo.rollout import DecodingConfig
+    from abspo.core.errors import ConfigError
+    from abspo.rl.rollout import DecodingConfig
 
     with pytest.raises(ConfigError, match=r"model\.rollout\.hf\.compile: .*Fix: set model\.rollout\.hf\.cache: static"):
         DecodingConfig(compile=True).validate()
@@ -237,7 +237,7 @@ def test_log_probs_computed_in_the_head_equal_those_from_the_logits(model_type, 
     gradients as the plain path. In float64 (both paths take the log-softmax in float32, so they agree to its
     rounding; in float32 the smallest gradients differ by 1e-3 of their norm through cancellation) and with a bf16
     base under autocast."""
-    from abspo.rollout import fused_head
+    from abspo.rl.rollout import fused_head
 
     base = _tiny_causal_lm(model_type, tied).to(torch.bfloat16 if autocast else torch.float64)
     assert fused_head(base) is base.get_output_embeddings()
@@ -276,7 +276,7 @@ def test_a_listed_architecture_with_its_own_forward_scores_from_its_logits():
     own forward is trusted to end at the head."""
     from transformers import LlamaForCausalLM
 
-    from abspo.rollout import fused_head
+    from abspo.rl.rollout import fused_head
 
     class Halved(LlamaForCausalLM):
         def forward(self, *args, **kwargs):
@@ -297,7 +297,7 @@ def test_an_architecture_off_the_fused_list_scores_from_its_own_logits():
     and its log-probs are those of the capped distribution."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from abspo.rollout import fused_head
+    from abspo.rl.rollout import fused_head
 
     torch.manual_seed(0)
     config = AutoConfig.for_model("gemma2", final_logit_softcapping=0.5, head_dim=8, **TINY_SHAPES)
@@ -315,7 +315,7 @@ def test_an_adapter_on_the_lm_head_scores_from_the_adapted_logits():
     """A LoRA'd head is no plain linear layer: scoring takes the model's logits, which include the head's adapter
     (a fused head would drop it). Every role then takes that path (the head is wrapped for all), as the planner
     counts it (``tests/test_planner.py``)."""
-    from abspo.rollout import fused_head
+    from abspo.rl.rollout import fused_head
 
     base = _tiny_causal_lm("llama", tied=False).eval()
     bank = AdapterBank(base, BankSpec(adapters={"attacker": LoraSpec(r=4, target_modules=["q_proj", "lm_head"]),

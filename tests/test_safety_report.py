@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from abspo.cli import main
-from abspo.errors import ConfigError
+from abspo.core.errors import ConfigError
 from abspo.evaluation.pages import CONTENT_WARNING
 from abspo.evaluation.safety import (
     SafetyData,
@@ -24,7 +24,7 @@ from abspo.evaluation.safety import (
     run_safety_report,
 )
 from abspo.evaluation.stats import wilson_interval
-from abspo.game import GameConfig
+from abspo.game.rules import GameConfig
 from abspo.judges.base import Judge, Verdict
 from tests.conftest import TINY, perturb, tiny_bank
 

@@ -9,13 +9,13 @@ import re
 import lightning as L
 import pytest
 
-from abspo.atomic import atomic_write
+from abspo.core.atomic import atomic_write
 from abspo.callbacks.samples import CONTENT_WARNING, GameSamplesPage, render_samples_page, split_reasoning
-from abspo.data import SeedDataModule
-from abspo.game import Exchange, GameConfig
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import Exchange, GameConfig
 from abspo.judges import HeuristicJudge
 from abspo.judges.base import Verdict
-from abspo.module import SelfPlayModule
+from abspo.training.module import SelfPlayModule
 from tests.conftest import TINY
 
 SCRIPT = "<script>alert('pwned')</script>"

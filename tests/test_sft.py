@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
 from abspo.cli import main
-from abspo.game import GameConfig, defender_prompt
-from abspo.models import load_base, load_tokenizer
-from abspo.rollout import generate
-from abspo.sft import collate, encode_pair, encode_pairs, fit_adapter
-from abspo.warm_start import Pair, warm_start_pairs
+from abspo.game.rules import GameConfig, defender_prompt
+from abspo.weights.models import load_base, load_tokenizer
+from abspo.rl.rollout import generate
+from abspo.training.sft import collate, encode_pair, encode_pairs, fit_adapter
+from abspo.training.warm_start import Pair, warm_start_pairs
 from tests.conftest import TINY
 
 FAST = ["--base.name_or_path", "tiny-qwen2", "--base.dtype", "float32", "--limit", "6", "--max_reply_tokens", "8",
@@ -133,8 +133,8 @@ def test_same_settings_are_cached_and_other_settings_are_refused(trained, capsys
     def no_training(*_args, **_kwargs):
         raise AssertionError("a cached call must not load the model or train")
 
-    monkeypatch.setattr("abspo.sft.load_base", no_training)
-    monkeypatch.setattr("abspo.sft.fit_adapter", no_training)
+    monkeypatch.setattr("abspo.training.sft.load_base", no_training)
+    monkeypatch.setattr("abspo.training.sft.fit_adapter", no_training)
     main(["sft", "--out", str(out), *FAST])
     assert "cached" in capsys.readouterr().out
     assert ((out / "sft.json").read_bytes(), (out / "sft.json").stat().st_mtime_ns) == before
@@ -164,12 +164,12 @@ def test_bad_values_and_foreign_folders_are_one_line_errors(tmp_path, capsys):
 
 
 def test_a_run_that_dies_leaves_no_folder(tmp_path, monkeypatch):
-    from abspo.sft import run_sft
+    from abspo.training.sft import run_sft
 
     def dies(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("abspo.sft.fit_adapter", dies)
+    monkeypatch.setattr("abspo.training.sft.fit_adapter", dies)
     with pytest.raises(KeyboardInterrupt):
         run_sft(str(tmp_path / "out"), base=TINY, limit=3, max_reply_tokens=4, tensorboard=True)
     assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from abspo.callbacks import ReasoningRetention
 from abspo.cli import cli_main, main
-from abspo.models import BaseModel, load_base, smollm2_folder
+from abspo.weights.models import BaseModel, load_base, smollm2_folder
 
 
 pytestmark = pytest.mark.slow  # the real SmolLM2-135M, trained through the CLI (about a minute)

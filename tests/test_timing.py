@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from abspo.timing import tensor_peak
+from abspo.core.timing import tensor_peak
 
 
 def test_tensor_peak_is_the_most_that_tensors_held_at_once():
@@ -29,7 +29,7 @@ def test_a_report_records_the_machine_it_was_measured_on(tmp_path, capsys):
 
     import torch
 
-    from abspo.timing import write_report
+    from abspo.core.timing import write_report
 
     path = tmp_path / "deep" / "report.json"
     write_report({"figure": 1.5}, str(path))

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 
 from abspo.cli import cli_main
-from abspo.models import load_base
+from abspo.weights.models import load_base
 from tests.conftest import TINY
 
 IDS = torch.tensor([[5, 17, 256, 1024, 7, 99]])
@@ -120,7 +120,7 @@ def test_overwrite_replaces_the_earlier_run_and_last_names_the_new_one(tmp_path)
     beside the old), fresh curves, a resume with the new run's settings; a file of the user's is kept."""
     run_dir = tmp_path / "tiny"
     fit(tmp_path, "--trainer.max_steps", "4")
-    from abspo.run_folder import RUN_OUTPUTS
+    from abspo.core.run_folder import RUN_OUTPUTS
 
     assert {p.name for p in run_dir.iterdir()} <= set(RUN_OUTPUTS), "overwrite knows every output"
     (run_dir / "notes.txt").write_text("mine")
@@ -168,7 +168,7 @@ def test_progress_bar_counts_batches_of_games(tmp_path, monkeypatch):
 def test_bf16_mixed_precision_trains_and_refuses_sampler_logprobs(tmp_path):
     """``trainer.precision: bf16-mixed`` (autocast over the whole step, docs/performance.md) trains; the sampler's
     log-probs, off by bf16 rounding, are refused under it with the key to change."""
-    from abspo.errors import ConfigError
+    from abspo.core.errors import ConfigError
 
     cli = fit(tmp_path, "--trainer.precision", "bf16-mixed", "--model.base.dtype", "bfloat16")
     state = adapters(cli)

@@ -1,4 +1,4 @@
-"""abspo.update: the passes of one adapter's update score at the temperature the turns were sampled at.
+"""abspo.training.update: the passes of one adapter's update score at the temperature the turns were sampled at.
 
 Sampling draws from softmax(logits / T) and the update's ratio, KL and entropy must use that distribution. A pass
 that scored at T = 1 instead would give every figure of the update a wrong value, yet every other test would still
@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abspo import algorithms as alg
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.game import GameConfig
-from abspo.module import SelfPlayModule
-from abspo.rollout import build_scoring_batch, completion_logprobs
-from abspo.update import pad_to, role_samples
+from abspo.rl import algorithms as alg
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.game.rules import GameConfig
+from abspo.training.module import SelfPlayModule
+from abspo.rl.rollout import build_scoring_batch, completion_logprobs
+from abspo.training.update import pad_to, role_samples
 from tests.conftest import TINY, perturb
 
 T = 0.5

@@ -12,11 +12,11 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from abspo.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
-from abspo.errors import ConfigError
-from abspo.game import GameConfig
-from abspo.module import SelfPlayModule
-from abspo.vllm_rollouts import RolloutConfig, VLLMConfig
+from abspo.core.config import AlgorithmConfig, OptimizerConfig, ScheduleConfig
+from abspo.core.errors import ConfigError
+from abspo.game.rules import GameConfig
+from abspo.training.module import SelfPlayModule
+from abspo.training.vllm_rollouts import RolloutConfig, VLLMConfig
 from tests.conftest import TINY
 from tests.fake_vllm import FakeLLM
 
@@ -115,14 +115,14 @@ def test_settings_the_backend_cannot_serve_are_refused(judge):
 def test_the_engine_gets_a_max_lora_rank_vllm_accepts(judge, ranks, served_as):
     """vLLM's LoRAConfig takes only 8, 16, 32, ... 512 (the fake refuses any other value the same way): a lower rank
     is served under the next one up."""
-    from abspo.bank import BankSpec, LoraSpec
+    from abspo.weights.bank import BankSpec, LoraSpec
 
     spec = BankSpec(adapters={role: LoraSpec(r=r, alpha=2 * r) for role, r in zip(("attacker", "defender"), ranks)})
     assert make(judge, bank=spec).vllm_engine().engine.init["max_lora_rank"] == served_as
 
 
 def test_a_rank_vllm_cannot_serve_is_refused_when_the_module_is_built(judge):
-    from abspo.bank import BankSpec, LoraSpec
+    from abspo.weights.bank import BankSpec, LoraSpec
 
     spec = BankSpec(adapters={role: LoraSpec(r=r) for role, r in (("attacker", 8), ("defender", 1024))})
     with pytest.raises(ConfigError, match=r"model.bank.adapters: LoRA rank 1024 is above 512"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from abspo.warm_start import EVAL_SETS, SOURCE, warm_start_pairs
+from abspo.training.warm_start import EVAL_SETS, SOURCE, warm_start_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 

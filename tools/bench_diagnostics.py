@@ -20,7 +20,7 @@ import time
 import torch
 
 from abspo.callbacks.collapse import CollapseDiagnostics
-from abspo.timing import measured
+from abspo.core.timing import measured
 
 
 def main() -> None:

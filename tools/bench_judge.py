@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from abspo.judges import HeuristicJudge
-from abspo.timing import measured
+from abspo.core.timing import measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from judge_eval import load_examples  # noqa: E402

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from abspo.data import SeedDataModule
-from abspo.game import GameConfig
-from abspo.models import BaseModel
-from abspo.module import SelfPlayModule
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import GameConfig
+from abspo.weights.models import BaseModel
+from abspo.training.module import SelfPlayModule
 
 
 def make_module(dtype: str, args) -> tuple[SelfPlayModule, list, list]:

@@ -3,7 +3,7 @@
 A rate says how many answers were called refusals; this says what those refusals were (a decline, a
 repetition loop, a reply off the topic, text the rules cannot read). Per benchmark it counts the judge's
 reasons (``HeuristicJudge.explain``) and, for each reason, how many replies are repetition loops by the
-report's own rule (``abspo.degenerate``). The figures of docs/safety-eval.md come from:
+report's own rule (``abspo.rl.degenerate``). The figures of docs/safety-eval.md come from:
 
     .venv/bin/python tools/explain_report.py checkpoints/smollm2-cpu/eval/base checkpoints/smollm2-cpu/eval/step-40
 """
@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from abspo.degenerate import repetition_loop
+from abspo.rl.degenerate import repetition_loop
 from abspo.judges import HeuristicJudge
 
 

@@ -5,7 +5,7 @@
     bash tools/gpu_check.sh steps|decoding        # on a lent GPU: the runbook (how to call it: its header)
 
 No weights can be downloaded where this runs, so every model is random-init with the published shapes
-(:func:`abspo.models.architecture_config`), in bfloat16, on one device; the tokenizer is SmolLM2's (from the
+(:func:`abspo.weights.models.architecture_config`), in bfloat16, on one device; the tokenizer is SmolLM2's (from the
 abspo cache or ``--tokenizer``). The judge is a random-init WildGuard-shaped model (Mistral-7B: 32 layers,
 4096 hidden, 8 KV heads; the tokenizer's vocabulary) run through :class:`~abspo.judges.WildGuardJudge`, so its
 prompts, batching and generation cost are the real ones; its answers are noise, so each verdict it cannot parse
@@ -15,7 +15,7 @@ For each base it runs a warm-up step (8 games, 16 tokens: CUDA context, kernels)
 configured size through the module's own ``play`` and ``learn`` (attacker rollouts, defender rollouts, judge,
 old/anchor log-probs, both roles' gradient passes and optimizer steps), and prints the step time by phase,
 rollout tokens per second and peak device memory next to the planner's estimate for the same settings
-(:mod:`abspo.planner`). Its micro-batches are capped in padded tokens at the most longest turns the planner fits
+(:mod:`abspo.training.planner`). Its micro-batches are capped in padded tokens at the most longest turns the planner fits
 (``--turns``), as the Qwen configs are. ``--json PATH`` writes the figures (after each model, so a run cut short keeps them).
 
 Last, on a fresh copy of the first model (the 7B), it compares the rollout decoding options on the defender's turns
@@ -37,15 +37,15 @@ from pathlib import Path
 
 import torch
 
-from abspo.bank import AdapterBank, BankSpec, LoraSpec
-from abspo.config import AlgorithmConfig, OptimizerConfig
-from abspo.data import SeedDataModule
-from abspo.game import GameConfig, defender_prompt
+from abspo.weights.bank import AdapterBank, BankSpec, LoraSpec
+from abspo.core.config import AlgorithmConfig, OptimizerConfig
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import GameConfig, defender_prompt
 from abspo.judges.base import Judge, Verdict
-from abspo.models import BaseModel, architecture_config, load_tokenizer
-from abspo.module import SelfPlayModule
-from abspo.planner import Architecture, MemoryPlan, PlanInputs, longest_turn_tokens, plan_memory
-from abspo.timing import synchronize
+from abspo.weights.models import BaseModel, architecture_config, load_tokenizer
+from abspo.training.module import SelfPlayModule
+from abspo.training.planner import Architecture, MemoryPlan, PlanInputs, longest_turn_tokens, plan_memory
+from abspo.core.timing import synchronize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: benchmarks/ beside tools/
 from benchmarks.bench_rollouts import COMPILE_MODE, decoding_figures, print_figures, variants  # noqa: E402

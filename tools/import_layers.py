@@ -32,24 +32,19 @@ PACKAGE = "abspo"
 LAYERS: list[tuple[str, list[str]]] = [
     # Plain helpers with no notion of models or games: errors, atomic files, hashes, JSON lines, timing, the run
     # folder's layout, config files and the settings dataclasses, a function as a command.
-    ("foundation", ["abspo", "abspo.errors", "abspo.atomic", "abspo.digest", "abspo.jsonl", "abspo.parse_errors",
-                    "abspo.timing", "abspo.run_folder", "abspo.config", "abspo.command_line"]),
+    ("foundation", ["abspo", "abspo.core.*"]),
     # The RL maths on tensors and token ids: losses, log-probabilities, batching, sampling, degeneracy, diversity.
-    ("rl_math", ["abspo.algorithms", "abspo.logprobs", "abspo.micro_batches", "abspo.precision", "abspo.rollout",
-                 "abspo.degenerate", "abspo.diversity"]),
+    ("rl_math", ["abspo.rl.*"]),
     # Models and their weights: the base, adapter folders and bank, the full policy, modes, sharding, processes.
-    ("models", ["abspo.models", "abspo.adapter_folders", "abspo.bank", "abspo.full_policy", "abspo.modes",
-                "abspo.sharding", "abspo.distributed", "abspo.accounting"]),
-    # The game: turns and formats, seed data, judges and the rewards computed from their verdicts.
-    ("game", ["abspo.game", "abspo.data", "abspo.rewards", "abspo.judges.*"]),
+    ("models", ["abspo.weights.*"]),
+    # The game: its rules (turns and formats), seed data, the rewards, and the judges that score an exchange.
+    ("game", ["abspo.game.*", "abspo.judges.*"]),
     # Measuring players on fixed prompts: safety reports, cross-play, mode comparisons, retention tasks. Below
     # training: it needs models and the game only, and training's callbacks run it (a comparison trains through
     # `abspo fit` child processes, never an import).
     ("evaluation", ["abspo.evaluation.*"]),
-    # Training: the Lightning module and what it is made of, its callbacks, strategies, checkpoints, warm start.
-    ("training", ["abspo.play", "abspo.update", "abspo.guards", "abspo.resume", "abspo.checks", "abspo.lockstep",
-                  "abspo.module", "abspo.callbacks.*", "abspo.strategies", "abspo.planner", "abspo.vllm_rollouts",
-                  "abspo.preemption", "abspo.checkpoint_io", "abspo.step_logging", "abspo.sft", "abspo.warm_start"]),
+    # Training: the Lightning module and what it is made of, its callbacks and strategies.
+    ("training", ["abspo.training.*", "abspo.callbacks.*", "abspo.strategies"]),
     # The `abspo` command: parses arguments, dispatches to the layers below, prints.
     ("cli", ["abspo.cli"]),
 ]

@@ -11,7 +11,7 @@ which the planner leaves to ``--runtime-gib``); *loaded* is the same difference 
 is ``abspo plan``'s peak for the same config (runtime 0, the prompt length set to the longest prompt actually
 played); error = planned / peak - 1. With ``--measure tensors``, *tensors* replaces *peak*: the peak of tensor
 memory over the same two batches, i.e. what the loaded tensors held plus the peak of what the batches allocated
-(:func:`abspo.timing.tensor_peak`: what the planner counts, without the runtime and the C heap's slack; the
+(:func:`abspo.core.timing.tensor_peak`: what the planner counts, without the runtime and the C heap's slack; the
 loading transient is not the run's either). It runs under the profiler, whose records make the RSS meaningless,
 hence one measure per run.
 
@@ -41,8 +41,8 @@ def worker(config: str, out: str, measure: str) -> None:
     import torch
 
     from abspo.cli import cli_main
-    from abspo.distributed import Collective
-    from abspo.timing import peak_rss_reset, proc_status_bytes, tensor_peak
+    from abspo.weights.distributed import Collective
+    from abspo.core.timing import peak_rss_reset, proc_status_bytes, tensor_peak
 
     if "WORLD_SIZE" in os.environ:
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
@@ -99,7 +99,7 @@ def main() -> None:
     if args.worker:
         worker(*args.worker)
         return
-    from abspo.planner import inputs_from_config, plan_memory
+    from abspo.training.planner import inputs_from_config, plan_memory
 
     measured = "peak MiB" if args.measure == "rss" else "tensors MiB"
     print(f"{'config':<28}{'procs':>6}{'loaded MiB':>12}{measured:>13}{'planned MiB':>13}{'error':>8}")

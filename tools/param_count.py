@@ -6,7 +6,7 @@
 
 ``--json`` prints a JSON list of rows with keys ``model``, ``rank``, ``targets`` (all-linear | attention),
 ``total_params`` (what full fine-tuning trains), ``lora_params_per_adapter`` (one role), ``lora_params_both_roles``,
-``ratio`` and ``ratio_both_roles`` (full fine-tuning / LoRA): see :mod:`abspo.accounting`. ``--models`` and
+``ratio`` and ``ratio_both_roles`` (full fine-tuning / LoRA): see :mod:`abspo.weights.accounting`. ``--models`` and
 ``--ranks`` narrow it.
 """
 
@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from abspo.accounting import RANKS, lora_rows, markdown_table
-from abspo.errors import one_line_errors
-from abspo.models import QWEN25_ARCHITECTURES
+from abspo.weights.accounting import RANKS, lora_rows, markdown_table
+from abspo.core.errors import one_line_errors
+from abspo.weights.models import QWEN25_ARCHITECTURES
 
 
 def count(config: str) -> dict[str, int]:
     from abspo.cli import cli_main
-    from abspo.parse_errors import check_config_files
+    from abspo.core.parse_errors import check_config_files
 
     check_config_files(["--config", config])
     cli = cli_main(["--config", config, "--model.meta_device", "true", "--trainer.accelerator", "cpu"], run=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from abspo.errors import one_line_errors
+from abspo.core.errors import one_line_errors
 from abspo.evaluation.curves import block_means, plot_runs, read_scalars
 
 GAME = ["game/attack_success_rate", "game/benign_refusal_rate", "game/degenerate_rate", "game/attacker_forfeit_rate",

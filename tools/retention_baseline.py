@@ -3,7 +3,7 @@
     .venv/bin/python tools/retention_baseline.py --task arithmetic --n 60
     .venv/bin/python tools/retention_baseline.py --task gsm8k --n 50
 
-The base is loaded exactly as training loads it (``abspo.models.BaseModel``, default SmolLM2-135M-Instruct in
+The base is loaded exactly as training loads it (``abspo.weights.models.BaseModel``, default SmolLM2-135M-Instruct in
 bfloat16) and scored with the code the ``ReasoningRetention`` callback runs, so the numbers are the anchor
 scores a run logs as ``retention/anchor/score``.
 """
@@ -17,7 +17,7 @@ import torch
 
 from abspo.evaluation.answers import extract_answer
 from abspo.evaluation.tasks import TASK_NAMES, ExactMatchTask, TaskSpec, build_task, evaluate
-from abspo.models import BaseModel, load_base
+from abspo.weights.models import BaseModel, load_base
 
 
 def main() -> None:

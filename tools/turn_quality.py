@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from abspo.data import SeedDataModule
-from abspo.game import GameConfig
-from abspo.models import BaseModel
-from abspo.module import SelfPlayModule
+from abspo.game.seeds import SeedDataModule
+from abspo.game.rules import GameConfig
+from abspo.weights.models import BaseModel
+from abspo.training.module import SelfPlayModule
 
 
 def measure(module: SelfPlayModule, seeds, fmt: str, temperature: float, new_tokens: int,

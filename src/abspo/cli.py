@@ -11,12 +11,12 @@ file's stem), so that re-running the same command with ``--ckpt_path last`` resu
 ``abspo crossplay`` and ``abspo safety-report`` evaluate adapter folders from any run, so they take no training
 config: each is a function (:func:`~abspo.evaluation.crossplay.run_crossplay`,
 :func:`~abspo.evaluation.safety.run_safety_report`) whose signature and docstring are its options and ``--help``
-(:func:`~abspo.command_line.run_function_command`, one parser for both).
+(:func:`~abspo.core.command_line.run_function_command`, one parser for both).
 
 This module parses, dispatches and prints: what a command computes lives in the package below it
 (``tools/import_layers.py`` checks that nothing imports it back).
 
-User mistakes (:class:`~abspo.errors.ConfigError`) print one message and exit with status 2.
+User mistakes (:class:`~abspo.core.errors.ConfigError`) print one message and exit with status 2.
 """
 
 from __future__ import annotations
@@ -40,15 +40,17 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from abspo import preemption, run_folder
+from abspo.training import preemption
+
+from abspo.core import run_folder
 from abspo.callbacks.checkpoint import RunCheckpoint
 from abspo.callbacks.export import AdapterExport
 from abspo.callbacks.safety_table import SafetyTable
 from abspo.callbacks.progress import ProgressLines, progress_callback
-from abspo.checkpoint_io import SHARDED_KEY, AtomicCheckpointIO, last_checkpoint, read_training_checkpoint
-from abspo.command_line import prepare_command_line, progress_lines, run_function_command
-from abspo.data import SeedDataModule
-from abspo.errors import ConfigError, TrainingStopped, check_output_folder, did_you_mean, one_line_errors
+from abspo.training.checkpoint_io import SHARDED_KEY, AtomicCheckpointIO, last_checkpoint, read_training_checkpoint
+from abspo.core.command_line import prepare_command_line, progress_lines, run_function_command
+from abspo.game.seeds import SeedDataModule
+from abspo.core.errors import ConfigError, TrainingStopped, check_output_folder, did_you_mean, one_line_errors
 from abspo.evaluation.compare import run_compare
 from abspo.evaluation.crossplay import crossplay_command
 from abspo.evaluation.before_after import TableProtocol
@@ -63,10 +65,10 @@ from abspo.evaluation.safety import (
     report_scalars,
     run_safety_report,
 )
-from abspo.module import SelfPlayModule
-from abspo.parse_errors import check_config_files, config_error
-from abspo.planner import plan_main
-from abspo.sft import run_sft
+from abspo.training.module import SelfPlayModule
+from abspo.core.parse_errors import check_config_files, config_error
+from abspo.training.planner import plan_main
+from abspo.training.sft import run_sft
 
 
 @dataclass
@@ -220,7 +222,7 @@ class AbspoCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Parse; a bad key or value is one ConfigError line (file:line, the key, the closest valid key), not
-        jsonargparse's usage wall (:mod:`abspo.parse_errors`)."""
+        jsonargparse's usage wall (:mod:`abspo.core.parse_errors`)."""
         from jsonargparse import ArgumentError
 
         try:
@@ -428,7 +430,7 @@ def compare_main(argv: list[str]) -> None:
 
 
 def sft_main(argv: list[str]) -> None:
-    """``abspo sft``: see :func:`abspo.sft.run_sft`."""
+    """``abspo sft``: see :func:`abspo.training.sft.run_sft`."""
     record, kwargs = run_function_command(run_sft, "abspo sft", argv)
     out = Path(kwargs["out"])
     if not record["cached"]:

@@ -1,7 +1,7 @@
 """``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` with checkpoints that hold the adapters only.
 
 Select it with ``trainer.strategy: {class_path: abspo.strategies.FSDP2Strategy}`` (``configs/tiny-fsdp2.yaml``);
-``SelfPlayModule.configure_model`` then shards the base and the adapters with FSDP2 (:mod:`abspo.sharding`).
+``SelfPlayModule.configure_model`` then shards the base and the adapters with FSDP2 (:mod:`abspo.weights.sharding`).
 
 Why a subclass: ``ModelParallelStrategy`` saves and loads the *whole* module state. Saving, it copies every
 process's base shard to host memory at every checkpoint (gigabytes a save at 14B, for weights that never
@@ -12,7 +12,7 @@ when a run is saved in the middle of an ``accumulate_batches`` cycle, plus Light
 and resuming loads exactly those into the sharded parameters and optimizers.
 
 Saving is atomic: every process writes into a temporary sibling folder, and once all have finished, rank 0
-swaps it into place (:func:`abspo.atomic.swap_into_place`). A run killed mid-save keeps its previous checkpoint
+swaps it into place (:func:`abspo.core.atomic.swap_into_place`). A run killed mid-save keeps its previous checkpoint
 folder whole (Lightning's own save writes over the old shards in place).
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from abspo.atomic import recover_folder, swap_into_place
-from abspo.bank import AdapterBank
+from abspo.core.atomic import recover_folder, swap_into_place
+from abspo.weights.bank import AdapterBank
 
 META = "meta.pt"
 PENDING_GRADS = "abspo_pending_grads"  # the folder's key for gradients summed mid-accumulation

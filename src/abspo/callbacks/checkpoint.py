@@ -3,7 +3,7 @@
 A step-based ``ModelCheckpoint`` saves only at multiples of ``every_n_train_steps``: a run whose ``max_steps``
 is not such a multiple (or that a shared mode ends after an odd number of steps) would otherwise lose every
 batch since the last multiple, and ``--ckpt_path last`` would resume from there. The same holds for a run
-stopped by SIGTERM or Ctrl-C (:mod:`abspo.preemption`): Lightning stops it after a finished batch, and this
+stopped by SIGTERM or Ctrl-C (:mod:`abspo.training.preemption`): Lightning stops it after a finished batch, and this
 callback saves that batch before the process exits. Any other exception saves nothing: it may have come
 mid-batch, and the previous checkpoint is the exact one.
 """

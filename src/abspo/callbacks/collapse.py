@@ -23,7 +23,7 @@ figures can (logged under ``diag/``, x-axis the batch index like every abspo sca
 * **Attack diversity.** ``diag/attack_self_bleu`` (BLEU-4 of each attack prompt against the others),
   ``diag/attack_embedding_similarity`` (mean pairwise cosine of MiniLM embeddings) and
   ``diag/attack_seed_similarity`` (cosine of each prompt with the seed it rewrites: 1 = a copy of the seed).
-  Rising similarity is the attacker converging on one trick (:mod:`abspo.diversity`).
+  Rising similarity is the attacker converging on one trick (:mod:`abspo.rl.diversity`).
 
 ``diag/overhead_s`` is the time these took; at the end of training ``<run dir>/diagnostics.json`` holds every
 series, the mean of the first and last third of each, and the overhead as a share of the training time, and a
@@ -41,16 +41,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from abspo import algorithms as alg
-from abspo import run_folder
-from abspo.atomic import atomic_write
-from abspo.diversity import mean_pairwise_cosine, paired_cosine, self_bleu
-from abspo.game import defender_prompt, read_defender_turn
-from abspo.play import sampling_key
-from abspo.rollout import build_scoring_batch, completion_logits, completion_logprobs, generate
-from abspo.sharding import gathered
-from abspo.step_logging import log_batch_metrics
-from abspo.update import policy_loss
+from abspo.rl import algorithms as alg
+from abspo.core import run_folder
+from abspo.core.atomic import atomic_write
+from abspo.rl.diversity import mean_pairwise_cosine, paired_cosine, self_bleu
+from abspo.game.rules import defender_prompt, read_defender_turn
+from abspo.training.play import sampling_key
+from abspo.rl.rollout import build_scoring_batch, completion_logits, completion_logprobs, generate
+from abspo.weights.sharding import gathered
+from abspo.training.step_logging import log_batch_metrics
+from abspo.training.update import policy_loss
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 
-from abspo import run_folder
+from abspo.core import run_folder
 
 class AdapterExport(L.Callback):
     def __init__(self, every_n_steps: int = 0, dirpath: str | None = None):

@@ -33,12 +33,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
-from abspo import run_folder
-from abspo.bank import ROLES
-from abspo.distributed import Collective
-from abspo.errors import ConfigError
+from abspo.core import run_folder
+from abspo.weights.bank import ROLES
+from abspo.weights.distributed import Collective
+from abspo.core.errors import ConfigError
 from abspo.evaluation.tasks import EvalResult, TaskSpec, build_task, evaluate
-from abspo.step_logging import log_batch_metrics
+from abspo.training.step_logging import log_batch_metrics
 
 KEY = "trainer.callbacks[ReasoningRetention].init_args"
 STOP_CHECKPOINT = "retention-stop.ckpt"

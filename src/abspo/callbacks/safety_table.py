@@ -26,8 +26,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from abspo import run_folder
-from abspo.bank import AdapterBank
+from abspo.core import run_folder
+from abspo.weights.bank import AdapterBank
 from abspo.evaluation.before_after import Subject, TableProtocol, measure, write_table
 
 KEY = "trainer.callbacks[SafetyTable].init_args"

@@ -10,7 +10,7 @@ every abspo scalar in TensorBoard). They are self-contained (inline
 CSS, no scripts, nothing fetched), start with a content warning (the games contain harmful requests and
 possibly harmful answers), escape every piece of model and seed text (a seed or an output containing
 ``<script>`` is shown, never run; see :mod:`abspo.evaluation.pages`), and are written atomically
-(:func:`abspo.atomic.atomic_write`), so a reader never sees half a page.
+(:func:`abspo.core.atomic.atomic_write`), so a reader never sees half a page.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import lightning as L
 
-from abspo import run_folder
-from abspo.atomic import atomic_write
-from abspo.errors import ConfigError
+from abspo.core import run_folder
+from abspo.core.atomic import atomic_write
+from abspo.core.errors import ConfigError
 from abspo.evaluation.pages import attacker_block, defender_block, html_page, pre, text, verdict_table
 from abspo.evaluation.pages import CONTENT_WARNING, split_reasoning
 
 __all__ = ["CONTENT_WARNING", "GameSamplesPage", "render_samples_page", "split_reasoning"]
-from abspo.game import Exchange
+from abspo.game.rules import Exchange
 
 
 def _verdict(e: Exchange) -> str:

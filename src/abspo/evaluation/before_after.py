@@ -30,14 +30,14 @@ from typing import Any
 
 from torch import nn
 
-from abspo.atomic import atomic_write
+from abspo.core.atomic import atomic_write
 from abspo.evaluation.players import ModelDefender, jsonl
 from abspo.evaluation.refusal_prefixes import prefix_refusal
 from abspo.evaluation.safety import (SafetyData, SafetyProtocol, build_items, check_count, evaluate_safety,
                                      evaluation_game)
 from abspo.evaluation.stats import Proportion, mcnemar_exact, proportion
 from abspo.evaluation.tasks import TaskSpec, build_task, evaluate
-from abspo.game import GameConfig
+from abspo.game.rules import GameConfig
 from abspo.judges.base import Judge
 
 TABLE_FORMAT = 1

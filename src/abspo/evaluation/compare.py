@@ -32,15 +32,15 @@ from typing import Any
 
 import yaml
 
-from abspo import run_folder
-from abspo.atomic import atomic_write
-from abspo.adapter_folders import saved_adapter_shapes
-from abspo.config import stacked_config_files
-from abspo.errors import ConfigError
+from abspo.core import run_folder
+from abspo.core.atomic import atomic_write
+from abspo.weights.adapter_folders import saved_adapter_shapes
+from abspo.core.config import stacked_config_files
+from abspo.core.errors import ConfigError
 from abspo.evaluation.crossplay import CrossplayProtocol, crossplay_command
 from abspo.evaluation.curves import plot_runs, read_scalars
 from abspo.evaluation.players import is_model_folder
-from abspo.modes import MODES
+from abspo.weights.modes import MODES
 
 log = logging.getLogger(__name__)
 

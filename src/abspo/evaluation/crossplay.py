@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from abspo.atomic import atomic_write
-from abspo.command_line import run_function_command
-from abspo.digest import file_sha256
-from abspo.errors import ConfigError
+from abspo.core.atomic import atomic_write
+from abspo.core.command_line import run_function_command
+from abspo.core.digest import file_sha256
+from abspo.core.errors import ConfigError
 from abspo.evaluation.pages import render_records_page
 from abspo.evaluation.players import (
     VANILLA,
@@ -64,9 +64,9 @@ from abspo.evaluation.players import (
 )
 from abspo.evaluation.safety import check_count, check_judge_on, load_requests, seeded_sample
 from abspo.evaluation.stats import Proportion, proportion
-from abspo.game import GameConfig
+from abspo.game.rules import GameConfig
 from abspo.judges.base import Judge, Verdict
-from abspo.models import BaseModel
+from abspo.weights.models import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ FORMAT_FAILURE = {
     "think_answer": "output not `<think>…</think><answer>…</answer>`; the defender then got the best-effort text",
     "plain": "nothing left once a leading `<think>` block is hidden",
 }
-"""What counts as an attacker's format failure, per ``game.attacker_format`` (:mod:`abspo.game`)."""
+"""What counts as an attacker's format failure, per ``game.attacker_format`` (:mod:`abspo.game.rules`)."""
 
 
 FORFEIT_REPLY = Reply("", "")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from abspo import run_folder
-from abspo.errors import ConfigError
+from abspo.core import run_folder
+from abspo.core.errors import ConfigError
 
 Scalars = dict[str, list[tuple[int, float]]]
 

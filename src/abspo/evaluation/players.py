@@ -10,7 +10,7 @@ fixed benchmarks (safety report). Both need the same three things, kept here:
   ``shared_full`` run exports it. ``label=path`` gives a player a display name.
 * **Holding several players in memory at once.** :class:`PlayerPool` loads the base once and every adapter
   once, onto one ``PeftModel`` under distinct names (``load_adapter``), and switches between them with
-  PEFT's own ``set_adapter`` / ``disable_adapter``. The trainer's :class:`~abspo.bank.AdapterBank` avoids
+  PEFT's own ``set_adapter`` / ``disable_adapter``. The trainer's :class:`~abspo.weights.bank.AdapterBank` avoids
   those calls because they flip ``requires_grad``; evaluation never trains, so the side effect is harmless
   here, and loading through PEFT checks the exported folders exactly the way a user of them would. A
   checkpoint's ``adapter_config.json`` names its base loosely (a hub id, a cache folder, nothing for the
@@ -19,8 +19,8 @@ fixed benchmarks (safety report). Both need the same three things, kept here:
   adapter must have come from the file. A differing base *name* only warns.
 * **Playing turns deterministically.** Evaluation decodes greedily (temperature 0), in batches of prompts
   of similar length (sorting by length cuts padding, which dominates CPU time with long jailbreak
-  templates), through :func:`abspo.rollout.generate`, with the prompt templates and parsing of
-  :mod:`abspo.game`, so an evaluated role sees exactly the text format it was trained on.
+  templates), through :func:`abspo.rl.rollout.generate`, with the prompt templates and parsing of
+  :mod:`abspo.game.rules`, so an evaluated role sees exactly the text format it was trained on.
 
 It also holds the small helpers the report writers share (:func:`jsonl`).
 """
@@ -40,13 +40,13 @@ from typing import Literal
 from peft import PeftModel
 from torch import nn
 
-from abspo import run_folder
-from abspo.adapter_folders import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
-from abspo.errors import ConfigError
-from abspo.game import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
+from abspo.core import run_folder
+from abspo.weights.adapter_folders import check_adapter_fits, saved_adapter_config, saved_adapter_shapes
+from abspo.core.errors import ConfigError
+from abspo.game.rules import (GameConfig, attacker_forfeits, attacker_prompt, defender_prompt, read_attacker_turn,
                         read_defender_turn)
-from abspo.models import BaseModel, load_base
-from abspo.rollout import generate_greedy
+from abspo.weights.models import BaseModel, load_base
+from abspo.rl.rollout import generate_greedy
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class Reply:
 
 
 def visible_reply(game: GameConfig, output: str) -> Reply:
-    """The part of a defender's output the judge sees (the rule training uses: :func:`abspo.game.read_defender_turn`)."""
+    """The part of a defender's output the judge sees (the rule training uses: :func:`abspo.game.rules.read_defender_turn`)."""
     return Reply(output, *read_defender_turn(game, output))
 
 

@@ -19,7 +19,7 @@ anchor on the same items, so a task here only needs to be (1) cheap enough to ru
 
 Every item is a ``(prompt, scorer)`` pair in effect: an :class:`ExactMatchTask` item is a question and the
 number its answer must end on, a :class:`MultipleChoiceTask` item a question and the index of the right
-choice. Bad files raise :class:`~abspo.errors.ConfigError` naming the config key and ``file:line``.
+choice. Bad files raise :class:`~abspo.core.errors.ConfigError` naming the config key and ``file:line``.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from typing import Literal
 
 import torch
 
-from abspo.distributed import Collective
-from abspo.errors import ConfigError
-from abspo.jsonl import read_jsonl
+from abspo.weights.distributed import Collective
+from abspo.core.errors import ConfigError
+from abspo.core.jsonl import read_jsonl
 from abspo.evaluation.answers import is_correct, parse_number
-from abspo.game import chat_prompt
-from abspo.rollout import build_scoring_batch, completion_logprobs, generate
+from abspo.game.rules import chat_prompt
+from abspo.rl.rollout import build_scoring_batch, completion_logprobs, generate
 
 TASK_NAMES = ("gsm8k", "multiple_choice", "arithmetic")
 DEFAULT_GSM8K = "data/eval/gsm8k.jsonl"

@@ -12,7 +12,7 @@ Choices worth knowing:
   change from one call to the next.
 * Prompts are tokenised with ``add_special_tokens=False``: the published formats already contain the
   BOS token as text, as in the models' own usage examples.
-* Decoding is the training rollouts' engine at temperature 0 (:func:`abspo.rollout.generate_greedy`): left
+* Decoding is the training rollouts' engine at temperature 0 (:func:`abspo.rl.rollout.generate_greedy`): left
   padding by hand (a tokenizer passed in for colocation may be shared with the policy, and it must not be
   mutated), batches of length-sorted queries (longest first, so an out-of-memory error shows on the first
   batch rather than late in a run), answers put back in input order and cut at the end-of-sequence token.
@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from abspo.judges.base import Judge, Verdict
 from abspo.judges.formats import GuardFormat
-from abspo.rollout import generate_greedy
+from abspo.rl.rollout import generate_greedy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")

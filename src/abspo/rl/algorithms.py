@@ -1,0 +1,185 @@
+"""The RL math, as pure tensor functions (no models, no state): advantages, KL estimators, policy loss.
+
+Shapes: ``B`` sequences, ``T`` completion tokens (right-padded); ``mask`` is 1 on real completion tokens.
+
+REINFORCE++ (the default, as in Self-RedTeam): every token gets the per-token KL penalty
+``-kl_coef * (log pi - log pi_anchor)`` (the k1 estimator) and the last real token also gets the
+sequence reward; the advantage of a token is the sum of rewards from it to the end (no discount, no
+critic), then whitened over all tokens of the role's batch. No value network: the batch statistics are
+the baseline.
+
+GRPO: k samples per prompt; the advantage of a sample is its *task* reward standardised within its group,
+broadcast to all its tokens. A group whose rewards are all equal gives zero advantage (no NaN: the
+standard deviation is guarded). The k1 KL penalty, when it is in the reward, is added *after* the
+standardisation, per token as reward-to-go (as REINFORCE++ adds it): folded into the sequence reward before
+the standardisation, a group of equal task rewards would get advantages of about +-1 made of KL noise,
+whatever ``kl_coef`` is.
+
+Data parallel: the batch statistics (whitening, reward normalisation) are sums over every process's share of
+the batch. The functions that take them accept ``reduce``, a function that sums a tensor over processes (the
+identity on one; :meth:`abspo.weights.distributed.Collective.sum`), so N processes on B/N sequences each get exactly the
+advantages of one process on B. GRPO needs none: a group (the games of one seed) never spans processes.
+
+KL "in the loss" uses the k3 estimator ``exp(r) - r - 1`` with ``r = log pi_anchor - log pi``, which is
+non-negative and unbiased for KL(pi || pi_anchor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over the processes of a data-parallel run (the identity on one process)."""
+
+
+def no_reduce(x: Tensor) -> Tensor:
+    return x
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, reduce: Reduce = no_reduce) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1 (over all processes' entries with ``reduce``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        total = reduce(torch.stack([(x * mask).sum(), mask.sum()]))
+        return total[0] / total[1].clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, reduce: Reduce = no_reduce) -> Tensor:
+    """(x - mean) / std over masked entries; masked-out entries become 0. Constant input gives 0, not NaN."""
+    mask = mask.to(x.dtype)
+    mean = masked_mean(x, mask, reduce=reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce=reduce)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k1 estimate of KL(pi || ref): log pi - log ref (unbiased, can be negative per token)."""
+    return logp - ref_logp
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate: exp(ref - logp) - (ref - logp) - 1 (non-negative, low variance)."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def reward_to_go(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """Sum of the (masked) per-token rewards from each token to the end of its sequence [B, T]."""
+    mask = mask.to(token_rewards.dtype)
+    return (token_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask
+
+
+def kl_penalty_to_go(kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """[B, T] the k1 KL penalty's share of each token's advantage: ``-kl_coef`` times its reward-to-go. Per
+    sequence (no batch statistic), so it can be added to GRPO's task advantages wherever ``kl`` is known."""
+    return -kl_coef * reward_to_go(kl, mask)
+
+
+def reinforce_pp_returns(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Un-normalised REINFORCE++ returns [B, T]: reward-to-go of (-kl_coef * kl per token + reward at the end)."""
+    mask = mask.to(kl.dtype)
+    token_rewards = -kl_coef * kl * mask
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    token_rewards = token_rewards + last.to(kl.dtype) * rewards.to(kl.dtype).unsqueeze(-1)
+    return reward_to_go(token_rewards, mask)
+
+
+def reinforce_pp_advantages(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float,
+                            reduce: Reduce = no_reduce) -> Tensor:
+    """REINFORCE++ advantages [B, T]: returns whitened over every token of the batch."""
+    return masked_whiten(reinforce_pp_returns(rewards, kl, mask, kl_coef), mask, reduce=reduce)
+
+
+def normalize_rewards(rewards: Tensor, eps: float = 1e-8, reduce: Reduce = no_reduce) -> Tensor:
+    """Batch reward normalisation (zero mean, unit std); all-equal rewards give zeros."""
+    ones = torch.ones_like(rewards)
+    centered = rewards - masked_mean(rewards, ones, reduce=reduce)
+    return centered * torch.rsqrt(masked_mean(centered.pow(2), ones, reduce=reduce) + eps)
+
+
+def grpo_advantages(rewards: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-sample advantages [B]: reward standardised within its group (samples of the same prompt)."""
+    _, inverse, counts = torch.unique(groups.to(rewards.device), return_inverse=True, return_counts=True)
+    rewards = rewards.to(torch.float32)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
+    means = sums / counts
+    sq = torch.zeros_like(sums).index_add_(0, inverse, (rewards - means[inverse]) ** 2)
+    # Unbiased std as in GRPO; a group of one has no spread and gets advantage 0.
+    std = torch.sqrt(sq / (counts - 1).clamp(min=1))
+    return (rewards - means[inverse]) / (std[inverse] + eps)
+
+
+def policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-level policy-gradient loss, mean over all real tokens of the batch.
+
+    ``ratio = pi / pi_old``; with ``clip_eps`` the PPO clipped objective. Returns (loss, clip fraction).
+    With one update epoch ``old_logp = logp.detach()``, the ratio is 1 and this is plain REINFORCE.
+    """
+    ratio = torch.exp(logp - old_logp)
+    loss = -advantages * ratio
+    if clip_eps is None:
+        return masked_mean(loss, mask), torch.zeros((), device=logp.device)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clip_frac = masked_mean((clipped > loss).to(logp.dtype), mask)
+    return masked_mean(torch.maximum(loss, clipped), mask), clip_frac
+
+
+# -- the two choices of an update, in one place each ---------------------------------------------------------
+
+
+def advantages(
+    estimator: str,
+    rewards: Tensor,
+    kl: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    groups: Tensor | None = None,
+    normalize_rewards_first: bool = True,
+    reduce: Reduce = no_reduce,
+) -> Tensor:
+    """Per-token advantages [B, T] of one role's batch.
+
+    ``rewards`` [B] are the task rewards (one per sequence); ``kl`` [B, T] the per-token KL penalty to put in the
+    reward (k1, or zeros when the KL goes in the loss instead). ``reinforce_pp``: (optionally normalised) rewards
+    plus the per-token penalty, reward-to-go, whitened over the batch's tokens. ``grpo``: the task reward
+    standardised within each group of ``groups``, then minus ``kl_coef`` times the penalty's reward-to-go.
+    ``reduce`` makes the batch statistics span every process of a data-parallel run (module docstring).
+    """
+    mask = mask.to(kl.dtype)
+    if estimator == "grpo":
+        if groups is None:
+            raise ValueError("grpo needs the group of every sequence")
+        task = grpo_advantages(rewards, groups).to(kl.dtype)
+        return (task.unsqueeze(-1) + kl_penalty_to_go(kl, mask, kl_coef)) * mask
+    if estimator == "reinforce_pp":
+        seq = normalize_rewards(rewards, reduce=reduce) if normalize_rewards_first else rewards
+        return reinforce_pp_advantages(seq, kl, mask, kl_coef, reduce)
+    raise ValueError(f"unknown estimator {estimator!r}")
+
+
+def objective(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float | None,
+    kl_coef: float,
+    kl_in_loss: bool,
+) -> tuple[Tensor, Tensor]:
+    """The loss one role minimises on one (micro-)batch, and the clip fraction.
+
+    The policy-gradient term (PPO-clipped when ``clip_eps`` is given), plus ``kl_coef`` times the k3 estimate of
+    KL(pi || anchor) per token when the KL is in the loss (``kl_in_loss``; otherwise it is already in the
+    advantages).
+    """
+    loss, clip_frac = policy_loss(logp, old_logp, advantages, mask, clip_eps)
+    if kl_in_loss:
+        loss = loss + kl_coef * masked_mean(kl_k3(logp, ref_logp), mask)
+    return loss, clip_frac
