@@ -32,6 +32,9 @@ class FakeLLM:
         self.removed: list[int] = []
         self.requests: list[tuple[str, int, int]] = []  # (lora name, lora id, number of prompts) per generate call
         self.llm_engine = self  # vLLM keeps add_lora / remove_lora on its engine
+        # A real engine's kernels sample from a slightly different policy than the trainer's forward: shift the
+        # log-probs it reports by this much to stand in for that gap (0: the same numbers as the trainer's).
+        self.logprob_shift = float(kwargs.get("logprob_shift", 0.0))
         FakeLLM.instances.append(self)
 
     def remove_lora(self, lora_id: int) -> bool:
@@ -60,7 +63,14 @@ class FakeLLM:
         outputs = []
         for prompt, params in zip(prompts, sampling_params):
             text = self.tokenizer.decode(prompt["prompt_token_ids"])
-            gen = generate(self.model, self.tokenizer, [text], params.max_tokens, params.temperature, keys=[params.seed])
+            wants_logprobs = params.logprobs is not None
+            if wants_logprobs:  # after temperature, the distribution the token was drawn from, as abspo asks
+                assert self.init.get("logprobs_mode") == "processed_logprobs"
+            gen = generate(self.model, self.tokenizer, [text], params.max_tokens, params.temperature, keys=[params.seed],
+                           return_logprobs=wants_logprobs)
+            # vLLM's shape: per position a dict token id -> Logprob; with logprobs=0 only the sampled token's
+            logprobs = [{token: SimpleNamespace(logprob=lp + self.logprob_shift)}
+                        for token, lp in zip(gen.completion_ids[0], gen.sampled_logprobs[0])] if wants_logprobs else None
             outputs.append(SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], outputs=[
-                SimpleNamespace(token_ids=gen.completion_ids[0], text=gen.texts[0])]))
+                SimpleNamespace(token_ids=gen.completion_ids[0], text=gen.texts[0], logprobs=logprobs)]))
         return outputs

@@ -23,6 +23,9 @@ from abspo.rl.algorithms import (
     policy_loss,
     reinforce_pp_advantages,
     reinforce_pp_returns,
+    reward_std,
+    rloo_advantages,
+    truncated_is_weights,
 )
 
 SQRT2, SQRT3 = math.sqrt(2.0), math.sqrt(3.0)
@@ -334,3 +337,94 @@ def test_the_k3_loss_term_is_a_mean_over_real_tokens_only():
 def test_grpo_advantages_stay_on_the_input_device():
     out = grpo_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]))
     assert out.device == torch.tensor([1.0]).device
+
+
+# -- RLOO: leave-one-out baseline -----------------------------------------------------------------------------
+
+
+def test_rloo_advantages_by_hand_any_order_and_uneven_groups():
+    # group 7: [1, 0, 2, -1], sum 2: 1 - (2-1)/3 = 2/3; 0 - 2/3 = -2/3; 2 - 0/3 = 2; -1 - 3/3 = -2
+    # group 3: [3, 1] (size 2): 3 - 1 = 2; 1 - 3 = -2. group 5: [4] alone: 0 (no other sample)
+    rewards = torch.tensor([1.0, 3.0, 0.0, 4.0, 2.0, 1.0, -1.0])
+    groups = torch.tensor([7, 3, 7, 5, 7, 3, 7])
+    close(rloo_advantages(rewards, groups), [2 / 3, 2.0, -2 / 3, 0.0, 2.0, -2.0, -2.0])
+
+
+def trl_rloo_advantages(rewards: torch.Tensor, k: int, layout: str) -> torch.Tensor:
+    """TRL's RLOOTrainer, written out as math on a flat batch: v0.11-v0.21 lay sample j of prompt p at j*B + p
+    ("strided": rewards.reshape(k, -1), groups are columns); v0.22+ at p*k + j ("contiguous": view(-1, k)).
+    Baseline (group sum - r) / (k - 1); no whitening (normalize_advantage defaults to False)."""
+    grouped = rewards.reshape(k, -1) if layout == "strided" else rewards.view(-1, k)
+    dim = 0 if layout == "strided" else 1
+    baseline = (grouped.sum(dim, keepdim=True) - grouped) / (k - 1)
+    return (grouped - baseline).flatten()
+
+
+@pytest.mark.parametrize("layout", ["strided", "contiguous"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_rloo_matches_trls_rloo_on_identical_tensors(layout, k):
+    g = torch.Generator().manual_seed(k)
+    rewards = torch.randn(8 * k, generator=g)
+    prompts = torch.arange(8).repeat(k) if layout == "strided" else torch.arange(8).repeat_interleave(k)
+    # kl_coef = 0: TRL folds its KL into the reward before the baseline, abspo adds it per token after
+    out = advantages("rloo", rewards, torch.zeros(8 * k, 3), torch.ones(8 * k, 3), kl_coef=0.0, groups=prompts)
+    torch.testing.assert_close(out[:, 0], trl_rloo_advantages(rewards, k, layout), atol=1e-6, rtol=1e-6)
+    assert (out == out[:, :1]).all()
+
+
+def test_rloo_kl_is_added_after_the_baseline():
+    rewards, groups = torch.tensor([0.0, 2.0]), torch.tensor([0, 0])
+    kl = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    # task: 0 - 2 = -2, 2 - 0 = 2; row 0 then minus 0.5 * reward-to-go [2, 1]
+    out = advantages("rloo", rewards, kl, torch.ones(2, 2), kl_coef=0.5, groups=groups)
+    close(out, [[-3.0, -2.5], [2.0, 2.0]])
+
+
+def test_rloo_needs_groups():
+    with pytest.raises(ValueError, match="rloo needs the group"):
+        advantages("rloo", torch.ones(2), torch.zeros(2, 2), torch.ones(2, 2), 0.1)
+
+
+# -- REINFORCE++ on a batch without task signal (RL review (a)) -------------------------------------------------
+
+
+@pytest.mark.parametrize("kl_coef", [0.1, 0.01])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_reinforce_pp_equal_rewards_leave_only_the_anchor_pull_at_kl_coef(kl_coef, normalize):
+    # All rewards equal: normalised they are 0, and whitening would scale the pure KL returns to unit variance
+    # whatever kl_coef is. The advantage is the penalty's reward-to-go as it is: -kl_coef * [0.3, 0.1] etc.
+    kl = torch.tensor([[0.2, 0.1, 0.0], [0.4, -0.1, 0.3]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    out = advantages("reinforce_pp", torch.full((2,), 0.7), kl, mask, kl_coef, normalize_rewards_first=normalize)
+    # row 0: to-go of [0.2, 0.1] = [0.3, 0.1]; row 1: to-go of [0.4, -0.1, 0.3] = [0.6, 0.2, 0.3]
+    close(out, [[-0.3 * kl_coef, -0.1 * kl_coef, 0.0], [-0.6 * kl_coef, -0.2 * kl_coef, -0.3 * kl_coef]], atol=1e-7)
+
+
+def test_reinforce_pp_any_spread_in_the_rewards_is_still_whitened():
+    kl = torch.tensor([[0.2, 0.1], [0.4, -0.1]])
+    mask = torch.ones(2, 2)
+    out = advantages("reinforce_pp", torch.tensor([0.7, 0.8]), kl, mask, 0.1)
+    close(out, reinforce_pp_advantages(normalize_rewards(torch.tensor([0.7, 0.8])), kl, mask, 0.1))
+    close(masked_mean(out.pow(2), mask), 1.0, atol=1e-4)  # whitened: unit variance, zero mean
+
+
+def test_reward_std_is_the_population_std():
+    close(reward_std(torch.tensor([1.0, 3.0])), 1.0)  # mean 2, deviations +-1
+    close(reward_std(torch.tensor([2.0, 2.0, 2.0])), 0.0)
+
+
+def test_truncated_is_weights_cap_the_top_only_and_zero_padding():
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, 0.0]])
+    sampler = torch.tensor([[-1.0, -1.0, -2.0], [-1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # exp(old - sampler): [1, e^-1 = 0.3679, e^1.5 = 4.48 -> cap 2]; [e^-2 = 0.1353, 1, padding -> 0]
+    close(truncated_is_weights(old, sampler, mask, cap=2.0), [[1.0, math.exp(-1.0), 2.0], [math.exp(-2.0), 1.0, 0.0]])
+
+
+def test_token_weights_scale_each_tokens_policy_term_and_not_the_kl():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    adv, mask, w = torch.tensor([[1.0, 1.0]]), torch.ones(1, 2), torch.tensor([[2.0, 0.5]])
+    loss, _ = objective(logp, logp.detach(), torch.zeros(1, 2), adv, mask, None, kl_coef=0.0, kl_in_loss=True,
+                        token_weights=w)
+    (grad,) = torch.autograd.grad(loss, logp)
+    close(grad, [[-1.0, -0.25]])  # d/dlogp of -(A * ratio * w) / 2 tokens = -w / 2

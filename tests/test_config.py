@@ -153,12 +153,20 @@ def test_default_algorithm_is_valid():
     AlgorithmConfig(estimator="reinforce_pp", group_size=3).validate()
 
 
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 @pytest.mark.parametrize("group_size", [1, 0])
-def test_grpo_needs_two_games_per_seed(group_size):
+def test_group_estimators_need_two_games_per_seed(estimator, group_size):
     with pytest.raises(ConfigError) as err:
-        AlgorithmConfig(estimator="grpo", group_size=group_size).validate()
+        AlgorithmConfig(estimator=estimator, group_size=group_size).validate()
     assert err.value.key == "model.algorithm.group_size"
-    assert "model.algorithm.group_size" in str(err.value)
+    assert "model.algorithm.group_size" in str(err.value) and estimator in str(err.value)
+
+
+@pytest.mark.parametrize("cap", [0.5, 0.0, -1.0])
+def test_an_importance_weight_cap_below_one_is_refused(cap):
+    with pytest.raises(ConfigError, match="model.algorithm.rollout_is_cap"):
+        AlgorithmConfig(rollout_is_cap=cap).validate()
+    AlgorithmConfig(rollout_is_cap=None).validate()
 
 
 @pytest.mark.parametrize("field", ["group_size", "update_epochs", "micro_batch_size", "accumulate_batches",

@@ -313,6 +313,17 @@ def test_samplers_the_update_cannot_score_are_refused(judge, game, key):
         SelfPlayModule(base=TINY, judge=judge, game=game)
 
 
+def test_lora_dropout_with_several_update_epochs_is_refused(judge):
+    """RL review (e): old log-probs without dropout, gradient passes with it: the first ratio is not 1."""
+    from abspo.core.errors import ConfigError
+    from abspo.weights.bank import BankSpec, LoraSpec
+
+    bank = BankSpec(adapters={"attacker": LoraSpec(r=4), "defender": LoraSpec(r=4, dropout=0.1)})
+    with pytest.raises(ConfigError, match=r"model\.bank\.adapters\.defender\.dropout.*update_epochs=2"):
+        make(judge, bank=bank, algorithm=AlgorithmConfig(update_epochs=2))
+    make(judge, bank=bank, algorithm=AlgorithmConfig(update_epochs=1))  # one epoch: old = this pass's, ratio 1
+
+
 def test_phases_must_hold_whole_accumulation_cycles(judge):
     from abspo.core.config import ScheduleConfig
     from abspo.core.errors import ConfigError

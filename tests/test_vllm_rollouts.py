@@ -8,6 +8,8 @@ reads are exactly the trainer's; and the update re-scores the turns with the tra
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from peft import get_peft_model_state_dict
@@ -89,9 +91,9 @@ def test_only_the_adapter_that_stepped_is_pushed(judge, seeds):
 
 
 def test_the_update_rescores_turns_with_the_trainers_forward(judge, seeds):
-    module = make(judge)
+    module = make(judge, algorithm=AlgorithmConfig(rollout_is_cap=None))
     exchanges = module.play(seeds.batch(0).seeds, batch_index=0)
-    assert not any(e.sampled_logprobs for e in exchanges), "the engine's log-probs are never used"
+    assert not any(e.sampled_logprobs for e in exchanges), "without the correction the engine's log-probs are unused"
     module.clock.take()
     before = [p.detach().clone() for p in module.bank.adapter_parameters("defender")]
     stats = module.learn(exchanges, 0)
@@ -99,6 +101,46 @@ def test_the_update_rescores_turns_with_the_trainers_forward(judge, seeds):
     assert phases.get("score/old", 0) > 0 and phases.get("score/anchor", 0) > 0, "old and anchor log-probs re-scored"
     assert stats["defender/samples"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, module.bank.adapter_parameters("defender")))
+
+
+def defender_gradient(judge, seeds, cap: float | None, shift: float) -> tuple[list[torch.Tensor], dict]:
+    """The defender's gradient from one gradient pass over one batch's games, with the engine reporting its
+    log-probs ``shift`` away from the trainer's."""
+    rollout = RolloutConfig(backend="vllm", vllm=VLLMConfig(engine="tests.fake_vllm.FakeLLM",
+                                                            engine_kwargs={"logprob_shift": shift}))
+    torch.manual_seed(0)
+    module = SelfPlayModule(base=TINY, judge=judge, game=GAME, rollout=rollout,
+                            algorithm=AlgorithmConfig(rollout_is_cap=cap),
+                            optimizers={"attacker": OptimizerConfig(lr=1e-2), "defender": OptimizerConfig(lr=1e-2)})
+    exchanges = module.play(seeds.batch(0).seeds, batch_index=0)
+    played = [e for e in exchanges if "defender" in e.turns]
+    assert len(played) >= 2
+    for i, e in enumerate(played):  # distinct rewards, so that the defender's advantages are not all zero
+        e.rewards["defender"] = float(i % 3)
+    rollout_batch = module.updater.rollout_batch(["defender"], exchanges)
+    stats = module.updater.gradient_pass(["defender"], rollout_batch)
+    grads = [p.grad.clone() for p in module.bank.adapter_parameters("defender")]
+    return grads, stats
+
+
+def test_truncated_importance_sampling_weights_the_engines_turns_by_the_capped_ratio(judge, seeds):
+    """RL review (f): the engine's log-probs are asked for and each token weighted by min(pi_trainer / pi_engine,
+    cap). The fake engine reports log-probs ``shift`` below the trainer's, so every weight is exp(shift) (capped):
+    the gradient scales by exactly that, and with the engine equal to the trainer nothing changes."""
+    plain, _ = defender_gradient(judge, seeds, None, 0.0)
+    same, stats = defender_gradient(judge, seeds, 2.0, 0.0)
+    assert abs(stats["is_weight"] - 1.0) < 1e-4 and stats["is_capped_frac"] == 0.0
+    for a, b in zip(plain, same):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    below, stats = defender_gradient(judge, seeds, 2.0, -0.5)  # weight exp(0.5) = 1.6487, under the cap
+    assert stats["is_weight"] == pytest.approx(math.exp(0.5), rel=1e-3) and stats["is_capped_frac"] == 0.0
+    for a, b in zip(plain, below):
+        torch.testing.assert_close(b, a * math.exp(0.5), rtol=1e-3, atol=1e-7)
+    capped, stats = defender_gradient(judge, seeds, 2.0, -1.0)  # weight exp(1) = 2.718, capped at 2
+    assert stats["is_capped_frac"] == pytest.approx(1.0)
+    assert sum(p.abs().sum() for p in plain) > 0
+    for a, b in zip(plain, capped):
+        torch.testing.assert_close(b, a * 2.0, rtol=1e-3, atol=1e-7)
 
 
 def test_settings_the_backend_cannot_serve_are_refused(judge):

@@ -193,10 +193,11 @@ class CollapseDiagnostics(L.Callback):
             if rollout is None:
                 return None
         rows = [i for i, r in enumerate(rollout.roles) if r == role][: self.probe_games]
-        batch, adv, ref, _ = rollout.rows(rows, module.pad_id, module.device)
+        batch, adv, ref, _, sampler = rollout.rows(rows, module.pad_id, module.device)
         with module.bank.role(role) as model, module.bank.update_mode(), torch.enable_grad():
             logp, _ = completion_logprobs(model, batch, temperature=module.game.temperature)
-            loss, _ = policy_loss(module.algorithm, logp, logp.detach(), ref, adv, batch.completion_mask, on_policy=True)
+            loss, _ = policy_loss(module.algorithm, logp, logp.detach(), ref, adv, batch.completion_mask, on_policy=True,
+                                  sampler=sampler)
             return list(torch.autograd.grad(loss, params, allow_unused=True))
 
     @torch.no_grad()

@@ -19,11 +19,12 @@ from abspo.core.errors import ConfigError
 class AlgorithmConfig:
     """Policy-gradient update of each role."""
 
-    estimator: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
+    estimator: Literal["reinforce_pp", "grpo", "rloo"] = "reinforce_pp"
     """reinforce_pp: REINFORCE++ (batch-whitened reward-to-go, as in Self-RedTeam); grpo: group-standardised
-    rewards over group_size games per seed."""
+    rewards over group_size games per seed; rloo: reward minus the mean of the group's other games
+    (leave-one-out), unscaled by the group's spread."""
     group_size: int = 1
-    """GRPO: games played per seed (the attacker's group is its seed's rewrites). Must be >= 2 for grpo."""
+    """GRPO, RLOO: games played per seed (the attacker's group is its seed's rewrites). Must be >= 2 for them."""
     normalize_rewards: bool = True
     """REINFORCE++: standardise each role's sequence rewards over the batch before adding the KL penalty."""
     kl_coef: float = 0.01
@@ -62,6 +63,13 @@ class AlgorithmConfig:
     bfloat16 by ~0.04, so only a float32 base may use it, and only with one update epoch)."""
     accumulate_batches: int = 1
     """Batches of games whose gradients are summed before each optimizer step of a role."""
+    rollout_is_cap: float | None = 2.0
+    """vLLM backend: truncated importance sampling against the engine's own sampling log-probs (as verl and
+    OpenRLHF). The engine samples with other kernels than the trainer scores with, so the turns come from a
+    slightly different policy than the one the update differentiates; each token's policy-gradient term is weighted
+    by min(pi_trainer / pi_engine, cap), with pi_trainer the role before its update (no gradient through the
+    weight; the KL term is not weighted). None: no correction. The hf backend samples with the trainer's own
+    model and ignores it."""
     max_grad_norm: float | None = 1.0
     """Clip each role's gradient to this global L2 norm (None: no clipping)."""
     activation_checkpointing: bool = False
@@ -70,9 +78,13 @@ class AlgorithmConfig:
     The gradients are the same."""
 
     def validate(self) -> None:
-        if self.estimator == "grpo" and self.group_size < 2:
-            raise ConfigError("model.algorithm.group_size", f"grpo needs at least 2 games per seed, got {self.group_size}",
+        if self.estimator in ("grpo", "rloo") and self.group_size < 2:
+            raise ConfigError("model.algorithm.group_size", f"{self.estimator} needs at least 2 games per seed, "
+                              f"got {self.group_size}",
                               "set group_size: 4 (or use estimator: reinforce_pp)")
+        if self.rollout_is_cap is not None and not self.rollout_is_cap >= 1.0:
+            raise ConfigError("model.algorithm.rollout_is_cap", f"must be >= 1 (a weight cap), got "
+                              f"{self.rollout_is_cap}", "use 2.0 (verl's and OpenRLHF's default), or null for none")
         for key in ("group_size", "update_epochs", "micro_batch_size", "accumulate_batches", "micro_batch_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.algorithm.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")

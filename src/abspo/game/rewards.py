@@ -37,6 +37,19 @@ benign             +1                     -1                +3                  
 Noise is strictly worse than the right behaviour for both kinds of request and never better than a refusal,
 yet still better than harmful compliance (it harms no one). ``general_sum`` stays available unchanged.
 
+**``general_sum`` and ``zero_sum`` pay noise as a refusal.** Neither has the term: a noise reply to a harmful
+request earns the defender +2 under both, exactly what a clean refusal earns, so a defender can learn to emit
+noise. ``zero_sum_guarded`` is ``zero_sum`` with the term on both sides (defender -1, attacker +1 for a reply
+that is no answer), so the game stays zero-sum and noise pays the defender +1 there, below a refusal's +3:
+
+=================  ===================  ===================  =================  ===================
+defender           clean refusal        noise                harmless answer    harmful compliance
+=================  ===================  ===================  =================  ===================
+harmful request    +3 / +2 / +2 / +3    +1 / +2 / +2 / +1    +1 / 0 / 0 / +1    -1 / -2 / -2 / -1
+=================  ===================  ===================  =================  ===================
+
+(general_sum_guarded / general_sum / zero_sum / zero_sum_guarded; tests/test_rewards.py checks every cell.)
+
 An attacker that **forfeits** (nothing playable in its turn: :func:`abspo.game.rules.attacker_forfeits`) gets
 :func:`forfeit_reward`, the lowest total its table can give, and no defender turn is played.
 """
@@ -78,7 +91,14 @@ ZERO_SUM: dict[str, dict[str, float]] = {
     "defender": {"defender_wrong_call": -1.0, "response_harmful": -1.0, "defender_format": 1.0},
 }
 
-TABLES = {"general_sum_guarded": GENERAL_SUM_GUARDED, "general_sum": GENERAL_SUM, "zero_sum": ZERO_SUM}
+# Zero-sum with the noise term on both sides: the attacker gains exactly what a noise reply costs the defender.
+ZERO_SUM_GUARDED: dict[str, dict[str, float]] = {
+    "attacker": {**ZERO_SUM["attacker"], "response_degenerate": 1.0},
+    "defender": {**ZERO_SUM["defender"], "response_degenerate": -1.0},
+}
+
+TABLES = {"general_sum_guarded": GENERAL_SUM_GUARDED, "general_sum": GENERAL_SUM, "zero_sum": ZERO_SUM,
+          "zero_sum_guarded": ZERO_SUM_GUARDED}
 DEFAULT_TABLE = "general_sum_guarded"
 
 

@@ -61,6 +61,14 @@ def check_model_settings(mode: str, base: BaseModel, bank: BankSpec, optimizers:
         raise ConfigError("model.game.top_p", f"top_p={game.top_p}: the update scores the full "
                           "distribution, so truncated sampling would make the 'on-policy' ratio wrong",
                           "set top_p: 1.0 and lower model.game.temperature for less noisy text")
+    for name, spec in bank.adapters.items() if algorithm.update_epochs > 1 else ():
+        # The old log-probs come from a pass without dropout and the gradient pass runs with it: the first
+        # epoch's ratio pi / pi_old would be dropout noise, not 1, and the clip would act on that noise.
+        if spec.dropout > 0:
+            raise ConfigError(f"model.bank.adapters.{name}.dropout", f"LoRA dropout {spec.dropout} with "
+                              f"update_epochs={algorithm.update_epochs}: the old log-probs are taken without "
+                              "dropout and the gradient passes with it, so the first pass's ratio is not 1",
+                              "set dropout: 0 (the default, as RL trainers disable dropout), or update_epochs: 1")
     if schedule.mode == "phases" and schedule.phase_steps % algorithm.accumulate_batches:
         raise ConfigError("model.schedule.phase_steps", f"phase_steps={schedule.phase_steps} is not a multiple "
                           f"of model.algorithm.accumulate_batches={algorithm.accumulate_batches}: a role's "

@@ -93,7 +93,8 @@ class SelfPlayModule(L.LightningModule):
             game: Templates, revision share, generation lengths.
             judge: Labels each exchange (class path + init_args). Default: abspo.judges.HeuristicJudge().
             reward_table: general_sum_guarded (Self-RedTeam's general sum, the defender not paid for noise),
-                general_sum (Self-RedTeam's, as published), zero_sum, or a custom role -> {outcome: weight} table.
+                general_sum (Self-RedTeam's, as published; pays noise like a refusal), zero_sum (likewise),
+                zero_sum_guarded, or a custom role -> {outcome: weight} table.
             algorithm: Advantage estimator, KL anchor, loss, accumulation and clipping.
             schedule: Which role updates on which batch (alternate or phases).
             logging: Sample tables.
@@ -257,7 +258,8 @@ class SelfPlayModule(L.LightningModule):
             self._engine = VLLMRollouts(
                 self.rollout_cfg.vllm, cfg.name_or_path if cfg.name_or_path in BUILTIN_RANDOM else weight_folder(cfg),
                 cfg.dtype, max(spec.r for spec in self.bank_spec.adapters.values()), list(self.bank_spec.adapters),
-                export=lambda adapter, folder: self.bank.export(first_role[adapter], folder))
+                export=lambda adapter, folder: self.bank.export(first_role[adapter], folder),
+                logprobs=self.algorithm.rollout_is_cap is not None)
         return self._engine
 
     # -- the step ---------------------------------------------------------------------------------

@@ -55,26 +55,34 @@ class RolloutBatch:
     stats: dict[str, float]
     roles: list[str]
     """The role that played each row (a shared adapter's batch holds both roles' turns)."""
+    sampler_logp: torch.Tensor | None = None
+    """[N, T] log-probs the rollout engine sampled each token with, when another engine than the trainer's forward
+    sampled the turns (vLLM) and truncated importance sampling is on; else None."""
 
     def rows(self, rows: list[int], pad_id: int, device) -> tuple[ScoringBatch, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor | None]:
-        """Rows ``rows`` as a scoring batch, with their advantages, anchor log-probs and old log-probs (None when
-        the rollout has none) cut to its width."""
+                                                                  torch.Tensor | None, torch.Tensor | None]:
+        """Rows ``rows`` as a scoring batch, with their advantages, anchor log-probs, old log-probs and sampler
+        log-probs (each None when the rollout has none) cut to its width."""
         batch = build_scoring_batch([self.prompts[i] for i in rows], [self.completions[i] for i in rows], pad_id,
                                     device)
         t = batch.completion_ids.shape[1]
         index = torch.tensor(rows)
         adv, ref = (x[index, :t].to(device) for x in (self.advantages, self.ref_logp))
-        old = None if self.old_logp is None else self.old_logp[index, :t].to(device)
-        return batch, adv, ref, old
+        old, sampler = (None if x is None else x[index, :t].to(device) for x in (self.old_logp, self.sampler_logp))
+        return batch, adv, ref, old, sampler
 
 
 def policy_loss(cfg: AlgorithmConfig, logp: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, adv: torch.Tensor,
-                mask: torch.Tensor, on_policy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor, on_policy: bool, sampler: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, clipped fraction) of one micro-batch: the objective the gradient pass backpropagates, and the one
-    the collapse diagnostics differentiate. On-policy (one epoch) the ratio is exactly 1 and nothing is clipped."""
-    return alg.objective(logp, logp.detach() if on_policy else old, ref, adv, mask, None if on_policy else cfg.clip_eps,
-                         cfg.kl_coef, kl_in_loss=cfg.kl_mode == "loss_k3")
+    the collapse diagnostics differentiate. On-policy (one epoch) the ratio is exactly 1 and nothing is clipped.
+    With the rollout engine's log-probs (``sampler``), each token's term is weighted by the truncated importance
+    weight of the role before its update (``old``, or this pass's own log-probs on-policy) over the engine's."""
+    old = logp.detach() if on_policy else old
+    weights = None if sampler is None else alg.truncated_is_weights(old, sampler, mask, cfg.rollout_is_cap)
+    return alg.objective(logp, old, ref, adv, mask, None if on_policy else cfg.clip_eps, cfg.kl_coef,
+                         kl_in_loss=cfg.kl_mode == "loss_k3", token_weights=weights)
 
 
 def role_samples(role: str, exchanges: list[Exchange]) -> list[tuple]:
@@ -137,7 +145,9 @@ class PolicyUpdate:
         cfg = m.algorithm
         reduce = m.collective.sum  # batch statistics over every process's share (identity on one process)
         source = m.old_logprobs_source
-        prompts, completions, advantages, olds, refs, row_roles = [], [], [], [], [], []
+        prompts, completions, advantages, olds, refs, row_roles, samplers = [], [], [], [], [], [], []
+        # Turns another engine sampled (vLLM): keep its log-probs for truncated importance sampling.
+        importance = m.rollout_cfg.backend == "vllm" and cfg.rollout_is_cap is not None
         stats: dict[str, float] = {}
         for role in roles:
             samples = role_samples(role, exchanges)
@@ -153,12 +163,17 @@ class PolicyUpdate:
             kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" and old is not None else torch.zeros_like(ref)
             groups = torch.tensor([s[3] for s in samples], dtype=torch.long)
             adv = alg.advantages(cfg.estimator, rewards, kl, mask, cfg.kl_coef, groups, cfg.normalize_rewards, reduce)
+            # 0 when the role's turns all earned the same: no task signal, only the anchor's pull (rl.algorithms)
+            stats[f"{role}/reward_std"] = float(alg.reward_std(rewards, reduce))
             prompts += [s[0] for s in samples]
             completions += [s[1] for s in samples]
             row_roles += [role] * len(samples)
             advantages.append(adv)
             olds.append(old)
             refs.append(ref)
+            if importance:
+                samplers.append(torch.stack([pad_to(torch.tensor([s[4]], dtype=torch.float32), ref.shape[1])[0]
+                                             for s in samples]) if samples else torch.zeros_like(ref))
             if old is not None:  # else the gradient pass measures it
                 stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask, reduce=reduce))
         if not refs:
@@ -166,7 +181,8 @@ class PolicyUpdate:
         t = max(x.shape[1] for x in refs)  # one width for every role: a shared adapter mixes them in micro-batches
         cat = lambda xs: torch.cat([pad_to(x, t) for x in xs])  # noqa: E731
         old = None if source == "gradient_pass" else cat(olds)
-        return RolloutBatch(prompts, completions, cat(advantages), old, cat(refs), stats, row_roles)
+        sampler = cat(samplers) if importance else None
+        return RolloutBatch(prompts, completions, cat(advantages), old, cat(refs), stats, row_roles, sampler)
 
     @torch.no_grad()
     def reference_logprobs(self, role: str, samples, with_role: bool = True):
@@ -221,6 +237,7 @@ class PolicyUpdate:
         live_old = rollout.old_logp is None
         kl_sums = torch.zeros(2, len(roles), dtype=torch.float64)  # per role: k3 summed over tokens, token count
         loss_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0
+        is_sums = torch.zeros(3, dtype=torch.float64)  # importance weights (uncapped) summed, tokens capped, tokens
         grad_scale = m.layout.gradient_scale()
         with m.clock("update/gradient"), m.bank.role(roles[0]), m.bank.update_mode():
             for rows in self.micro_batch_rows(rollout.prompts, rollout.completions, rollout.roles):
@@ -228,7 +245,7 @@ class PolicyUpdate:
                     logp, _ = completion_logprobs(m.bank.model, self.idle_batch(), temperature=m.game.temperature)
                     m.accumulate_gradient(logp.sum() * 0.0)
                     continue
-                batch, adv, ref, old = rollout.rows(rows, m.pad_id, m.device)
+                batch, adv, ref, old, sampler = rollout.rows(rows, m.pad_id, m.device)
                 logp, entropy = completion_logprobs(m.bank.model, batch, with_entropy=True,
                                                     temperature=m.game.temperature)
                 mask = batch.completion_mask
@@ -240,7 +257,11 @@ class PolicyUpdate:
                     for r, role in enumerate(roles):
                         mine = torch.tensor([rollout.roles[i] == role for i in rows])
                         kl_sums[:, r] += torch.stack([k3[mine].sum(), mask.sum(-1).cpu()[mine].sum().double()])
-                loss, clip_frac = policy_loss(cfg, logp, old, ref, adv, mask, on_policy)
+                loss, clip_frac = policy_loss(cfg, logp, old, ref, adv, mask, on_policy, sampler)
+                if sampler is not None:  # how far the engine's policy was from the trainer's, and how often capped
+                    w = alg.truncated_is_weights(logp.detach() if on_policy else old, sampler, mask,
+                                                 float("inf"))
+                    is_sums += torch.stack([w.sum(), (w > cfg.rollout_is_cap).sum(), mask.sum()]).double().cpu()
                 weight = mask.sum().item() / total_tokens
                 m.accumulate_gradient(loss * (weight * grad_scale / cfg.accumulate_batches))
                 loss_sum += loss.item() * weight
@@ -248,6 +269,10 @@ class PolicyUpdate:
                 entropy_sum += alg.masked_mean(entropy, mask).item() * weight
         loss_sum, entropy_sum, clip_sum = collective.sum(torch.tensor([loss_sum, entropy_sum, clip_sum])).tolist()
         out = {"loss": loss_sum, "entropy": entropy_sum, "clip_frac": clip_sum}
+        if rollout.sampler_logp is not None:
+            is_sums = collective.sum(is_sums)
+            out["is_weight"] = float(is_sums[0] / is_sums[2].clamp(min=1))
+            out["is_capped_frac"] = float(is_sums[1] / is_sums[2].clamp(min=1))
         if live_old:
             kl_sums = collective.sum(kl_sums)
             for r, role in enumerate(roles):

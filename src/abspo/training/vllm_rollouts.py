@@ -9,8 +9,12 @@ synchronised; what changes after each optimizer step is one role's LoRA adapter 
   new name and integer id, sends its turns with that ``LoRARequest``, and removes the previous id from the engine:
   no merge into the base, no full-weight transfer, both roles served side by side by one engine;
 * a game's turn carries a per-request seed (its sampling key), so a batch is reproducible on the engine;
-* the trainer re-scores every sampled turn itself (the engine's log-probs are never used: ``old_logprobs:
-  sampler`` is refused with this backend), so the update's ratio and KL come from the trainer's own forward.
+* the trainer re-scores every sampled turn itself (``old_logprobs: sampler`` is refused with this backend), so the
+  update's ratio and KL come from the trainer's own forward. The engine's sampling log-probs serve one purpose:
+  truncated importance sampling (``model.algorithm.rollout_is_cap``, on by default), which weights each token by
+  min(pi_trainer / pi_engine, cap) because the engine's kernels sample from a slightly different policy than the
+  trainer's forward scores. They are asked for after temperature (``logprobs_mode: processed_logprobs``, vLLM
+  0.10.2 or later), the distribution the turn was drawn from.
 
 Select it with ``model.rollout.backend: vllm`` (``pip install abspo[vllm]``, one CUDA GPU beside the trainer's
 model, colocated). The engine class is a setting (``model.rollout.vllm.engine``, default ``vllm.LLM``): the tests
@@ -91,10 +95,13 @@ class VLLMRollouts:
     """The engine, and which version of each adapter it holds (see the module docstring)."""
 
     def __init__(self, config: VLLMConfig, base_folder: Path, dtype: str, max_lora_rank: int, adapters: list[str],
-                 export, workdir: Path | None = None):
-        """``export(adapter, folder)`` writes the trainer's current ``adapter`` as a PEFT folder."""
+                 export, workdir: Path | None = None, logprobs: bool = False):
+        """``export(adapter, folder)`` writes the trainer's current ``adapter`` as a PEFT folder. ``logprobs``: ask
+        for each sampled token's log-prob (after temperature), for truncated importance sampling."""
         kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization, "enforce_eager": config.enforce_eager,
-                  **({"max_model_len": config.max_model_len} if config.max_model_len else {}), **config.engine_kwargs}
+                  **({"max_model_len": config.max_model_len} if config.max_model_len else {}),
+                  **({"logprobs_mode": "processed_logprobs"} if logprobs else {}), **config.engine_kwargs}
+        self.logprobs = logprobs
         self.engine = engine_class(config)(model=str(base_folder), dtype=dtype, enable_lora=True,
                                            max_lora_rank=vllm_max_lora_rank(max_lora_rank), max_loras=len(adapters),
                                            **kwargs)
@@ -133,12 +140,15 @@ class VLLMRollouts:
         """One completion per prompt from the engine with ``adapter``'s current version, seeded per request."""
         from_vllm = _sampling_params_class()
         params = [from_vllm(n=1, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=key,
-                            skip_special_tokens=True) for key in keys]
+                            skip_special_tokens=True, logprobs=0 if self.logprobs else None) for key in keys]
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         outputs = self.engine.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params,
                                        lora_request=self.lora_request(adapter), use_tqdm=False)
         completions = [list(o.outputs[0].token_ids) for o in outputs]
-        return Generation(prompt_ids, completions, [o.outputs[0].text for o in outputs])
+        # logprobs=0: each position holds the sampled token's entry (and no other)
+        sampled = [[float(step[token].logprob) for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
+                   for o in outputs] if self.logprobs else None
+        return Generation(prompt_ids, completions, [o.outputs[0].text for o in outputs], sampled)
 
 
 def _lora_request_class():
@@ -176,3 +186,4 @@ class _SamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     skip_special_tokens: bool = True
+    logprobs: int | None = None
