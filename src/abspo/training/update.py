@@ -92,6 +92,13 @@ def role_samples(role: str, exchanges: list[Exchange]) -> list[tuple]:
             for e in exchanges if role in e.rewards and role in e.turns]
 
 
+def sampler_logprobs(samples: list[tuple], like: torch.Tensor) -> torch.Tensor:
+    """[N, T] the log-probs the sampler recorded for each sample's tokens, right-padded to ``like``'s width."""
+    if not samples:
+        return torch.zeros_like(like)
+    return torch.stack([pad_to(torch.tensor([s[4]], dtype=torch.float32), like.shape[1])[0] for s in samples])
+
+
 def pad_to(x: torch.Tensor, t: int) -> torch.Tensor:
     """``x`` [N, T'] right-padded with zeros to width ``t``."""
     return torch.nn.functional.pad(x, (0, t - x.shape[1]))
@@ -157,8 +164,7 @@ class PolicyUpdate:
             old, ref, mask = self.reference_logprobs(role, samples, with_role=source == "recompute")
             rewards = torch.tensor([s[2] for s in samples], dtype=torch.float32)
             if source == "sampler":
-                old = torch.stack([pad_to(torch.tensor([s[4]], dtype=torch.float32), ref.shape[1])[0]
-                                   for s in samples]) if samples else torch.zeros_like(ref)
+                old = sampler_logprobs(samples, ref)
             # With the gradient pass as the source, the k1 penalty (GRPO only: it is per sequence) is added there.
             kl = alg.kl_k1(old, ref) if cfg.kl_mode == "reward_k1" and old is not None else torch.zeros_like(ref)
             groups = torch.tensor([s[3] for s in samples], dtype=torch.long)
@@ -172,8 +178,7 @@ class PolicyUpdate:
             olds.append(old)
             refs.append(ref)
             if importance:
-                samplers.append(torch.stack([pad_to(torch.tensor([s[4]], dtype=torch.float32), ref.shape[1])[0]
-                                             for s in samples]) if samples else torch.zeros_like(ref))
+                samplers.append(sampler_logprobs(samples, ref))
             if old is not None:  # else the gradient pass measures it
                 stats[f"{role}/kl"] = float(alg.masked_mean(alg.kl_k3(old, ref), mask, reduce=reduce))
         if not refs:
